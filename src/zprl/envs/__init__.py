@@ -18,10 +18,14 @@ def make_env(task: str = "lift", env_meta: dict | None = None, camera_names=(), 
 
         env = RobomimicEnv(spec.name, env_meta=env_meta, camera_names=tuple(camera_names),
                            camera_size=camera_size, render_mode=render_mode)
-    else:
+    elif spec.suite == "pusht":
         from zprl.envs.pusht_env import PushTEnv
 
         env = PushTEnv(render_mode=render_mode, camera_names=camera_names)
+    else:
+        from zprl.envs.reach import PointReachEnv
+
+        env = PointReachEnv(render_mode=render_mode, camera_names=camera_names)
     return gym.wrappers.TimeLimit(env, max_episode_steps or spec.max_episode_steps)
 
 

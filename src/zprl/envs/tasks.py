@@ -8,7 +8,7 @@ class TaskSpec:
     """Static facts about one task: which simulator builds it and how long an episode may last."""
 
     name: str
-    suite: str  # "robomimic" or "pusht"
+    suite: str  # "robomimic", "pusht" or "reach"
     sim_name: str  # robosuite env name or gymnasium id
     max_episode_steps: int
     action_dim: int
@@ -19,6 +19,7 @@ TASKS: dict[str, TaskSpec] = {
     "can": TaskSpec("can", "robomimic", "PickPlaceCan", 400, 7),
     "square": TaskSpec("square", "robomimic", "NutAssemblySquare", 400, 7),
     "pusht": TaskSpec("pusht", "pusht", "gym_pusht/PushT-v0", 300, 2),
+    "reach": TaskSpec("reach", "reach", "PointReach", 40, 2),
 }
 
 ROBOSUITE_NAME_TO_TASK = {spec.sim_name: name for name, spec in TASKS.items() if spec.suite == "robomimic"}

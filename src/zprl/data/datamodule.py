@@ -1,0 +1,131 @@
+"""Lightning DataModules for offline pretraining over robomimic HDF5 files and LeRobot datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from zprl.data.schema import DatasetSpec
+
+
+def split_episodes(episodes: list, val_fraction: float, seed: int) -> tuple[list, list]:
+    """Deterministic episode-level train/validation split (at least one train episode)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+    order = np.random.default_rng(seed).permutation(len(episodes))
+    n_val = min(int(round(val_fraction * len(episodes))), len(episodes) - 1)
+    val = sorted(episodes[i] for i in order[:n_val])
+    train = sorted(episodes[i] for i in order[n_val:])
+    return train, val
+
+
+class PolicyDataModule(L.LightningDataModule):
+    """Shared loader logic: subclasses build train/val datasets; ``spec`` and ``stats`` describe the data.
+
+    ``spec`` (a DatasetSpec) and ``stats`` (LeRobot-format normalisation statistics of the training
+    split) are ready after ``setup()``; the pretraining module builds its policy from them.
+    """
+
+    def __init__(self, n_obs_steps: int = 2, horizon: int = 16, batch_size: int = 64, num_workers: int = 0,
+                 val_fraction: float = 0.1, seed: int = 0):
+        super().__init__()
+        self.n_obs_steps, self.horizon = n_obs_steps, horizon
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.val_fraction, self.seed = val_fraction, seed
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.spec: DatasetSpec | None = None
+        self.stats: dict | None = None
+
+    def _build(self, episodes: list | None) -> Dataset:
+        raise NotImplementedError
+
+    def _all_episodes(self) -> list:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        train_eps, val_eps = split_episodes(self._all_episodes(), self.val_fraction, self.seed)
+        self.train_set = self._build(train_eps)
+        self.val_set = self._build(val_eps) if val_eps else None
+        self.spec = self.train_set.spec()
+        self.stats = self.train_set.stats()
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, drop_last=shuffle and len(dataset) > self.batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
+
+
+class RobomimicDataModule(PolicyDataModule):
+    """robomimic HDF5 demos (``data/demo_i``) through robomimic's SequenceDataset.
+
+    ``filter_key`` selects demos by the file's masks, several joined by ``+`` (``"expert+noisy"``);
+    obs keys are robomimic's (``robot0_eef_pos``, ``object``, ``agentview_image``...).
+    """
+
+    def __init__(self, hdf5_path: str = "data/lift_mh/demo.hdf5",
+                 state_keys: list[str] = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"),
+                 env_state_keys: list[str] = ("object",), camera_keys: list[str] = (),
+                 filter_key: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.hdf5_path = Path(hdf5_path)
+        self.state_keys, self.env_state_keys, self.camera_keys = list(state_keys), list(env_state_keys), list(camera_keys)
+        self.filter_key = filter_key
+
+    def _all_episodes(self) -> list[str]:
+        import h5py
+
+        from zprl.data.robomimic_source import resolve_filter_key
+        from zprl.data.robomimic_writer import validate_robomimic_hdf5
+
+        info = validate_robomimic_hdf5(self.hdf5_path)
+        with h5py.File(self.hdf5_path, "r") as f:
+            return resolve_filter_key(self.filter_key, info["filter_keys"], info["demos"], f)
+
+    def _build(self, episodes: list[str]) -> Dataset:
+        from zprl.data.robomimic_source import RobomimicPolicyDataset
+
+        return RobomimicPolicyDataset(self.hdf5_path, self.n_obs_steps, self.horizon, self.state_keys,
+                                      self.env_state_keys, self.camera_keys, demos=episodes)
+
+
+class LeRobotDataModule(PolicyDataModule):
+    """A LeRobot dataset: a hub ``repo_id`` (e.g. ``lerobot/pusht``) or a local ``root``.
+
+    ``task`` names the zprl simulator used for rollout evaluation (``lift``, ``pusht``...), since
+    LeRobot metadata carries no robomimic env args.
+    """
+
+    def __init__(self, repo_id: str = "zprl/lift_mh", root: str | None = "data/lift_mh/lerobot",
+                 state_key: str = "observation.state", env_state_key: str | None = "observation.environment_state",
+                 image_keys: list[str] = (), quality_filter: str | None = None, task: str | None = "lift",
+                 video_backend: str | None = "pyav", **kwargs):
+        super().__init__(**kwargs)
+        self.repo_id, self.root = repo_id, root
+        self.state_key, self.env_state_key, self.image_keys = state_key, env_state_key, list(image_keys)
+        self.quality_filter, self.task, self.video_backend = quality_filter, task, video_backend
+
+    def _all_episodes(self) -> list[int]:
+        from zprl.data.lerobot_source import LeRobotPolicyDataset, load_lerobot_dataset
+
+        dataset = load_lerobot_dataset(self.repo_id, root=self.root, video_backend=self.video_backend)
+        selected = LeRobotPolicyDataset._episodes_for_quality(dataset, self.quality_filter)
+        return selected if selected is not None else list(range(dataset.meta.total_episodes))
+
+    def _build(self, episodes: list[int]) -> Dataset:
+        from zprl.data.lerobot_source import LeRobotPolicyDataset
+
+        return LeRobotPolicyDataset(self.repo_id, self.n_obs_steps, self.horizon, root=self.root,
+                                    state_key=self.state_key, env_state_key=self.env_state_key,
+                                    image_keys=self.image_keys, episodes=episodes, task=self.task,
+                                    video_backend=self.video_backend)

@@ -1,0 +1,111 @@
+"""Policy-training samples from a LeRobot dataset (hub ``repo_id`` or a local root)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+from zprl.data.schema import (ACTION, ENV_STATE, IMAGE_PREFIX, QUALITY_TIERS, STATE, DatasetSpec,
+                              action_frame_offsets, observation_frame_offsets, parse_quality_filter)
+
+QUALITY_COLUMN = "quality_tier"
+
+
+def load_lerobot_dataset(repo_id: str, root: str | Path | None = None, **kwargs) -> LeRobotDataset:
+    """``LeRobotDataset(repo_id, root=...)`` with an error that says how to get the data when it is missing."""
+    if root is not None and not Path(root).exists():
+        raise FileNotFoundError(
+            f"LeRobot dataset root {root} does not exist. Generate one with "
+            f"`zprl data generate --task lift --demos 100 --out data/lift_mh` (root data/lift_mh/lerobot), "
+            f"or drop `root` to download `{repo_id}` from the Hugging Face hub.")
+    try:
+        return LeRobotDataset(repo_id, root=root, **kwargs)
+    except Exception as err:
+        raise RuntimeError(f"Could not load LeRobot dataset {repo_id!r} (root={root}): {err}. Offline? Set "
+                           f"`root` to a local copy (HF_HUB_OFFLINE=1), or check the repo id.") from err
+
+
+class LeRobotPolicyDataset(Dataset):
+    """A LeRobot dataset as zprl policy samples (see ``zprl.data.schema``).
+
+    ``state_key`` / ``env_state_key`` / ``image_keys`` name the dataset's features; image features are
+    renamed ``observation.images.<last name part>`` (``observation.image`` -> ``observation.images.image``).
+    ``quality_filter`` (e.g. ``"expert+noisy"``) keeps episodes by the ``quality_tier`` column that
+    zprl's generator writes. History and chunks use LeRobot's own ``delta_timestamps``.
+    """
+
+    def __init__(self, repo_id: str, n_obs_steps: int, horizon: int, root: str | Path | None = None,
+                 state_key: str = STATE, env_state_key: str | None = ENV_STATE, image_keys: list[str] = (),
+                 episodes: list[int] | None = None, quality_filter: str | None = None, task: str | None = None,
+                 video_backend: str | None = "pyav"):
+        if horizon < n_obs_steps:
+            raise ValueError(f"horizon ({horizon}) must be >= n_obs_steps ({n_obs_steps}).")
+        self.repo_id, self.root = repo_id, root
+        meta_only = load_lerobot_dataset(repo_id, root=root, video_backend=video_backend)
+        features = meta_only.meta.features
+        obs_keys = [k for k in [state_key, env_state_key, *image_keys] if k is not None]
+        missing = [k for k in [*obs_keys, ACTION] if k not in features]
+        if missing:
+            raise KeyError(f"Features {missing} are not in LeRobot dataset {repo_id!r}. Available: "
+                           f"{sorted(features)}. Fix `state_key` / `env_state_key` / `image_keys`.")
+        if episodes is None:
+            episodes = self._episodes_for_quality(meta_only, quality_filter)
+        fps = meta_only.meta.fps
+        delta = {k: [o / fps for o in observation_frame_offsets(n_obs_steps)] for k in obs_keys}
+        delta[ACTION] = [o / fps for o in action_frame_offsets(n_obs_steps, horizon)]
+        self.dataset = load_lerobot_dataset(repo_id, root=root, episodes=episodes, delta_timestamps=delta,
+                                            video_backend=video_backend)
+        self.episodes = episodes if episodes is not None else list(range(meta_only.meta.total_episodes))
+        self.key_map = {state_key: STATE, **({env_state_key: ENV_STATE} if env_state_key else {}),
+                        **{k: IMAGE_PREFIX + k.split(".")[-1] for k in image_keys}}
+        self.fps, self.task = fps, task
+
+    @staticmethod
+    def _episodes_for_quality(dataset: LeRobotDataset, quality_filter: str | None) -> list[int] | None:
+        tiers = parse_quality_filter(quality_filter)
+        if tiers is None:
+            return None
+        unknown = [t for t in tiers if t not in QUALITY_TIERS]
+        if unknown:
+            raise ValueError(f"Unknown quality tiers {unknown}; use names from {QUALITY_TIERS} joined by '+'.")
+        if QUALITY_COLUMN not in dataset.meta.features:
+            raise KeyError(f"`quality_filter` needs a {QUALITY_COLUMN!r} column, which {dataset.repo_id!r} lacks "
+                           f"(only zprl-generated datasets have it): set quality_filter to null.")
+        wanted = {QUALITY_TIERS.index(t) for t in tiers}
+        columns = dataset.hf_dataset.select_columns(["episode_index", QUALITY_COLUMN]).with_format("numpy")[:]
+        return sorted({int(e) for e, q in zip(columns["episode_index"], columns[QUALITY_COLUMN]) if int(q) in wanted})
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = self.dataset[index]
+        sample = {new: item[old].float() for old, new in self.key_map.items()}
+        sample[ACTION] = item[ACTION].float()
+        sample["action_is_pad"] = item["action_is_pad"].bool()
+        return sample
+
+    def spec(self) -> DatasetSpec:
+        """Shapes and provenance of this dataset."""
+        first = self[0]
+        cams = tuple(k.removeprefix(IMAGE_PREFIX) for k in first if k.startswith(IMAGE_PREFIX))
+        return DatasetSpec(
+            state_dim=first[STATE].shape[-1], env_state_dim=first[ENV_STATE].shape[-1] if ENV_STATE in first else 0,
+            action_dim=first[ACTION].shape[-1], camera_names=cams,
+            image_shape=tuple(first[IMAGE_PREFIX + cams[0]].shape[1:]) if cams else (3, 84, 84),
+            fps=self.fps, task=self.task, num_episodes=len(self.episodes), num_frames=len(self))
+
+    def stats(self) -> dict[str, dict[str, np.ndarray]]:
+        """The dataset's own LeRobot statistics, renamed to zprl keys."""
+        stats = self.dataset.meta.stats
+        if stats is None:
+            raise ValueError(f"LeRobot dataset {self.repo_id!r} has no stats.json; recompute it with "
+                             f"lerobot's compute_stats or call finalize() after recording.")
+        out = {new: stats[old] for old, new in self.key_map.items()}
+        out[ACTION] = stats[ACTION]
+        return {k: {s: np.asarray(v) for s, v in d.items()} for k, d in out.items()}

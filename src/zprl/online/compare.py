@@ -1,0 +1,156 @@
+"""``zprl compare``: methods x seeds online runs under one MLflow parent run, with plots and a summary table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from zprl.tracking import tracking_uri  # noqa: E402
+
+SUCCESS_METRIC = "eval/success_rate"
+SUMMARY_METRICS = ("eval/success_rate", "eval/mean_return", "eval/jerk", "eval/action_delta")
+
+
+@dataclass
+class MethodCurve:
+    """Evaluation success of one method: a (seeds x eval points) matrix over env steps."""
+
+    method: str
+    env_steps: np.ndarray
+    success: np.ndarray  # (num_seeds, num_points)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.success.mean(0)
+
+    @property
+    def std(self) -> np.ndarray:
+        return self.success.std(0)
+
+    def steps_to(self, threshold: float) -> float:
+        """First env step at which the seed-mean success reaches ``threshold`` (NaN if never)."""
+        hits = np.nonzero(self.mean >= threshold)[0]
+        return float(self.env_steps[hits[0]]) if len(hits) else float("nan")
+
+
+def method_name(config_path: str | Path) -> str:
+    """A method's name: ``model.init_args.method_name`` of its config, else the file stem."""
+    config = OmegaConf.load(config_path)
+    return str(OmegaConf.select(config, "model.init_args.method_name", default=None) or Path(config_path).stem)
+
+
+def metric_history(client: MlflowClient, run_id: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+    return np.array([m.step for m in history]), np.array([m.value for m in history])
+
+
+def method_curve(client: MlflowClient, method: str, run_ids: list[str]) -> MethodCurve:
+    """Align the seeds' success histories on their common evaluation steps."""
+    histories = [metric_history(client, run_id, SUCCESS_METRIC) for run_id in run_ids]
+    if any(len(steps) == 0 for steps, _ in histories):
+        raise RuntimeError(f"A {method} run logged no {SUCCESS_METRIC}; check its eval_every_env_steps.")
+    common = sorted(set.intersection(*(set(steps.tolist()) for steps, _ in histories)))
+    success = np.stack([[dict(zip(steps.tolist(), values))[s] for s in common] for steps, values in histories])
+    return MethodCurve(method, np.array(common), success)
+
+
+def summary_table(client: MlflowClient, curves: list[MethodCurve], runs: dict[str, list[str]]) -> pd.DataFrame:
+    """Final success (mean ± std over seeds), steps to 50 % / 80 % success, return and smoothness."""
+    rows = []
+    for curve in curves:
+        finals = {key: [client.get_run(r).data.metrics.get(key, np.nan) for r in runs[curve.method]]
+                  for key in SUMMARY_METRICS}
+        rows.append({
+            "method": curve.method,
+            "seeds": len(runs[curve.method]),
+            "final_success_mean": float(np.mean(finals[SUCCESS_METRIC])),
+            "final_success_std": float(np.std(finals[SUCCESS_METRIC])),
+            "steps_to_50": curve.steps_to(0.5),
+            "steps_to_80": curve.steps_to(0.8),
+            "final_return": float(np.nanmean(finals["eval/mean_return"])),
+            "jerk": float(np.nanmean(finals["eval/jerk"])),
+            "action_delta": float(np.nanmean(finals["eval/action_delta"])),
+        })
+    return pd.DataFrame(rows)
+
+
+def plot_success(curves: list[MethodCurve], title: str, path: Path) -> Path:
+    """Success rate vs env steps: seed mean with a ±1 std band per method."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for curve in curves:
+        ax.plot(curve.env_steps, curve.mean, marker="o", label=curve.method)
+        ax.fill_between(curve.env_steps, np.clip(curve.mean - curve.std, 0, 1),
+                        np.clip(curve.mean + curve.std, 0, 1), alpha=0.2)
+    ax.set(xlabel="environment steps", ylabel="success rate", title=title, ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run_one(config: str, seed: int, run_id: str, experiment: str, root_dir: Path, task: str | None,
+            overrides: list[str]) -> None:
+    """One online run in a fresh process (clean simulator and CUDA state), logging into ``run_id``."""
+    args = ["fit", "-c", config, f"--seed_everything={seed}", f"--model.init_args.seed={seed}",
+            f"--trainer.default_root_dir={root_dir}",
+            f"--trainer.logger.init_args.run_id={run_id}",
+            f"--trainer.logger.init_args.experiment_name={experiment}",
+            f"--trainer.logger.init_args.tracking_uri={tracking_uri()}"]
+    if task:
+        args.append(f"--model.init_args.task={task}")
+    command = [sys.executable, "-c", "import sys; from zprl.cli import lightning_main; lightning_main(sys.argv[1:])",
+               *args, *overrides]
+    subprocess.run(command, check=True)
+
+
+def run_comparison(configs: list[str], seeds: list[int] = (0, 1, 2), task: str | None = None,
+                   experiment: str = "zprl-compare", overrides: list[str] = (),
+                   output_dir: str | Path = "outputs/compare") -> pd.DataFrame:
+    """Run every config under every seed as child runs of one MLflow parent run; log plot + table there."""
+    for config in configs:
+        if not Path(config).exists():
+            raise FileNotFoundError(f"Online config {config} not found; see conf/*_online.yaml for the methods.")
+    mlflow.set_tracking_uri(tracking_uri())
+    experiment_id = mlflow.set_experiment(experiment).experiment_id
+    client = MlflowClient()
+    names = [method_name(c) for c in configs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Two configs share a method name ({names}); give each a distinct model.init_args.method_name.")
+    with mlflow.start_run(run_name=f"compare-{task or 'configs'}") as parent:
+        mlflow.log_params({"configs": ",".join(configs), "seeds": ",".join(map(str, seeds)), "task": task or "from config"})
+        runs: dict[str, list[str]] = {}
+        for config, name in zip(configs, names):
+            for seed in seeds:
+                child = client.create_run(experiment_id, run_name=f"{name}-seed{seed}",
+                                          tags={"mlflow.parentRunId": parent.info.run_id, "method": name,
+                                                "seed": str(seed)})
+                run_one(config, seed, child.info.run_id, experiment,
+                        Path(output_dir) / parent.info.run_id / f"{name}_seed{seed}", task, list(overrides))
+                runs.setdefault(name, []).append(child.info.run_id)
+        curves = [method_curve(client, name, runs[name]) for name in names]
+        table = summary_table(client, curves, runs)
+        with tempfile.TemporaryDirectory() as tmp:
+            plot = plot_success(curves, f"{task or 'task'}: success vs env steps ({len(seeds)} seeds)",
+                                Path(tmp) / "success_vs_env_steps.png")
+            table.to_csv(Path(tmp) / "summary.csv", index=False)
+            (Path(tmp) / "summary.md").write_text(table.to_markdown(index=False, floatfmt=".3f"))
+            mlflow.log_artifacts(tmp)
+        for row in table.itertuples():
+            mlflow.log_metric(f"{row.method}/final_success_mean", row.final_success_mean)
+    print(table.to_markdown(index=False, floatfmt=".3f"))
+    return table

@@ -1,0 +1,60 @@
+"""Load a pretrained ZPRL policy with its processors from a LeRobot-format folder or a Lightning checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lerobot.processor import PolicyProcessorPipeline
+from lerobot.processor.converters import policy_action_to_transition, transition_to_policy_action
+
+PREPROCESSOR_FILE = "policy_preprocessor.json"
+POSTPROCESSOR_FILE = "policy_postprocessor.json"
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu"):
+    """(policy, preprocessor, postprocessor) from ``path``, frozen in eval mode on ``device``.
+
+    ``path`` is either a LeRobot-format folder written by ``PretrainModule.export_policy`` /
+    ``save_pretrained`` (config.json, model.safetensors, policy_*processor.json) or a ``.ckpt``
+    written by ``lightning fit -c conf/pretrain.yaml``.
+    """
+    from zprl.policy import ZPRLPolicy, make_zprl_pre_post_processors
+
+    path = Path(path)
+    device = str(device)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"No pretrained policy at {path}. Pretrain one with `lightning fit -c conf/pretrain.yaml` (it exports "
+            f"to outputs/pretrain/<run>/policy), or point `policy_path` at an existing LeRobot-format folder.")
+    if path.is_dir():
+        missing = [f for f in ("config.json", "model.safetensors", PREPROCESSOR_FILE, POSTPROCESSOR_FILE)
+                   if not (path / f).exists()]
+        if missing:
+            raise FileNotFoundError(f"{path} is not a complete zprl policy export: missing {missing}. Export with "
+                                    f"PretrainModule.export_policy (saves the policy and both processors).")
+        policy = ZPRLPolicy.from_pretrained(path)
+        policy.config.device = device
+        preprocessor = PolicyProcessorPipeline.from_pretrained(
+            path, config_filename=PREPROCESSOR_FILE, overrides={"device_processor": {"device": device}})
+        postprocessor = PolicyProcessorPipeline.from_pretrained(
+            path, config_filename=POSTPROCESSOR_FILE, to_transition=policy_action_to_transition,
+            to_output=transition_to_policy_action)
+    elif path.suffix == ".ckpt":
+        from zprl.pretrain import CHECKPOINT_KEY
+
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        if CHECKPOINT_KEY not in checkpoint:
+            raise KeyError(f"{path} is not a zprl pretraining checkpoint (no {CHECKPOINT_KEY!r} entry).")
+        saved = checkpoint[CHECKPOINT_KEY]
+        config = saved["policy_config"]
+        config.device = device
+        policy = ZPRLPolicy(config)
+        prefix = "policy."
+        policy.load_state_dict({k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
+        preprocessor, postprocessor = make_zprl_pre_post_processors(config, dataset_stats=saved["dataset_stats"])
+    else:
+        raise ValueError(f"Cannot load a policy from {path}: expected a LeRobot-format folder or a .ckpt file.")
+    policy.to(device).eval()
+    policy.requires_grad_(False)
+    return policy, preprocessor, postprocessor

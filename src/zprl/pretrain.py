@@ -1,0 +1,153 @@
+"""Offline pretraining of the ZPRL policy (diffusion / flow head with a VIB) as a LightningModule."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from diffusers.optimization import get_scheduler
+
+from zprl.data.schema import DatasetSpec
+from zprl.rollout import LeRobotRolloutPolicy
+from zprl.tracking import mlflow_loggers
+
+
+CHECKPOINT_KEY = "zprl"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the training loss becomes NaN or infinite; the last saved checkpoint is kept intact."""
+
+
+def build_policy(spec: DatasetSpec, stats: dict, n_obs_steps: int, horizon: int, device: torch.device | str,
+                 **config_overrides: Any):
+    """A fresh ZPRLPolicy matching a dataset, with pre/post processors normalising by its statistics."""
+    from zprl.policy import ZPRLPolicy, make_zprl_pre_post_processors, zprl_config_for
+
+    config = zprl_config_for(spec.state_dim, spec.env_state_dim, spec.action_dim, camera_names=spec.camera_names,
+                             image_shape=spec.image_shape, n_obs_steps=n_obs_steps, horizon=horizon,
+                             device=str(device), **config_overrides)
+    policy = ZPRLPolicy(config)
+    preprocessor, postprocessor = make_zprl_pre_post_processors(config, dataset_stats=stats)
+    return policy, preprocessor, postprocessor
+
+
+class PretrainModule(L.LightningModule):
+    """Imitation pretraining of a VIB diffusion / flow-matching policy (loss = imitation + beta * KL).
+
+    The policy is built in ``configure_model`` from the DataModule's ``spec`` and ``stats`` (so the same
+    config fits any dataset); ``n_obs_steps`` and ``horizon`` come from the DataModule. At the end of
+    training the policy (EMA weights when the EMAWeightAveraging callback is on) is exported as a
+    LeRobot-format folder (``save_pretrained`` + processors) to ``export_dir`` and logged to MLflow.
+
+    Args:
+        head: "diffusion" (DDPM training, DDIM sampling) or "flow" (flow matching, Euler sampling).
+        bottleneck: False is the no-bottleneck ablation (identity path, no KL).
+        z_dim / beta / beta_warmup_steps: VIB latent size and KL weight with linear warm-up.
+        n_action_steps: executed part of each generated chunk.
+        policy_overrides: any other ZPRLConfig field (down_dims, num_inference_steps, vision_backbone...).
+        lr / weight_decay / warmup_steps / grad clipping: AdamW with warm-up + cosine decay (clip in Trainer).
+        export_dir: where the LeRobot-format policy is written (default: <default_root_dir>/policy).
+    """
+
+    def __init__(self, head: str = "diffusion", bottleneck: bool = True, z_dim: int = 16, beta: float = 1e-3,
+                 beta_warmup_steps: int = 0, n_action_steps: int = 8, policy_overrides: dict | None = None,
+                 lr: float = 1e-4, weight_decay: float = 1e-6, warmup_steps: int = 500, export_dir: str | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.policy = None
+        self.preprocessor = self.postprocessor = None
+        self._spec: DatasetSpec | None = None
+        self._stats: dict | None = None
+
+    # -- model construction -------------------------------------------------------------------------
+    def policy_config_overrides(self) -> dict[str, Any]:
+        hp = self.hparams
+        return dict(head=hp.head, bottleneck=hp.bottleneck, z_dim=hp.z_dim, beta=hp.beta,
+                    beta_warmup_steps=hp.beta_warmup_steps, n_action_steps=hp.n_action_steps,
+                    **(hp.policy_overrides or {}))
+
+    def configure_model(self) -> None:
+        if self.policy is not None:
+            return
+        datamodule = self.trainer.datamodule
+        if datamodule is None or getattr(datamodule, "spec", None) is None:
+            raise RuntimeError("PretrainModule builds its policy from a zprl PolicyDataModule: pass `data=` "
+                               "(RobomimicDataModule or LeRobotDataModule) to the Trainer / LightningCLI.")
+        self._spec, self._stats = datamodule.spec, datamodule.stats
+        self.policy, self.preprocessor, self.postprocessor = build_policy(
+            datamodule.spec, datamodule.stats, datamodule.n_obs_steps, datamodule.horizon, self.device,
+            **self.policy_config_overrides())
+
+    # -- training -----------------------------------------------------------------------------------
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        self.preprocessor_to_device()
+        loss, info = self.policy.forward(self.preprocessor(batch))
+        return loss, info
+
+    def preprocessor_to_device(self) -> None:
+        """Keep the processors' device step on the module's device (DDP ranks, GPU, CPU alike)."""
+        if str(self.policy.config.device) != str(self.device):
+            self.policy.config.device = str(self.device)
+            for step in self.preprocessor.steps:
+                if hasattr(step, "device"):
+                    step.device = str(self.device)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, info = self._loss(batch)
+        if not torch.isfinite(loss):
+            last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
+            raise NonFiniteLossError(
+                f"Training loss became {loss.item()} at step {self.global_step}. Training stopped; the last good "
+                f"checkpoint is {last}. Lower `model.lr`, enable gradient clipping, or check the data for NaN.")
+        self.log_dict({f"train/{k}": float(v) for k, v in info.items()}, prog_bar=False, on_step=True,
+                      batch_size=batch["action"].shape[0])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["action"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, info = self._loss(batch)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["action"].shape[0])
+        self.log("val/imitation_loss", float(info["imitation_loss"]), sync_dist=True,
+                 batch_size=batch["action"].shape[0])
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.policy.parameters(), lr=self.hparams.lr,
+                                      weight_decay=self.hparams.weight_decay, betas=(0.95, 0.999))
+        total = self.trainer.estimated_stepping_batches
+        total = int(total) if math.isfinite(total) else 100_000
+        scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(self.hparams.warmup_steps, total // 2),
+                                  num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- rollouts and export ------------------------------------------------------------------------
+    def rollout_policy(self) -> LeRobotRolloutPolicy:
+        """The current policy as a RolloutPolicy for the evaluator (eval mode, mean latent)."""
+        self.policy.eval()
+        self.preprocessor_to_device()
+        return LeRobotRolloutPolicy(self.policy, self.preprocessor, self.postprocessor, self.device)
+
+    def export_policy(self, out_dir: str | Path) -> Path:
+        """Write the policy as a LeRobot-format folder (config.json, model.safetensors, processors)."""
+        out_dir = Path(out_dir)
+        self.policy.save_pretrained(out_dir)
+        self.preprocessor.save_pretrained(out_dir)
+        self.postprocessor.save_pretrained(out_dir)
+        return out_dir
+
+    def on_train_end(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        out_dir = Path(self.hparams.export_dir or Path(self.trainer.default_root_dir) / "policy")
+        self.export_policy(out_dir)
+        for logger in mlflow_loggers(self.trainer):
+            logger.experiment.log_artifacts(logger.run_id, str(out_dir), artifact_path="policy")
+
+    # -- standalone checkpoints ---------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store what rebuilds the policy without the DataModule (see ``zprl.policy_io.load_policy``)."""
+        checkpoint[CHECKPOINT_KEY] = {"policy_config": self.policy.config, "dataset_spec": self._spec,
+                                      "dataset_stats": self._stats}

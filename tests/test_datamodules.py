@@ -1,0 +1,80 @@
+"""robomimic and LeRobot DataModules: one batch schema, equal batches for equal episodes, clear errors."""
+
+from __future__ import annotations
+
+import h5py
+import pytest
+import torch
+
+from zprl.data.datamodule import LeRobotDataModule, RobomimicDataModule, split_episodes
+from zprl.data.schema import ACTION, ENV_STATE, STATE
+
+N_OBS, HORIZON = 2, 8
+
+
+def _modules(root, **kwargs):
+    robomimic = RobomimicDataModule(hdf5_path=str(root / "demo.hdf5"), n_obs_steps=N_OBS, horizon=HORIZON,
+                                    batch_size=16, val_fraction=0.0, **kwargs)
+    lerobot = LeRobotDataModule(repo_id="zprl/lift_tiny", root=str(root / "lerobot"), n_obs_steps=N_OBS,
+                                horizon=HORIZON, batch_size=16, val_fraction=0.0, task="lift")
+    robomimic.setup("fit")
+    lerobot.setup("fit")
+    return robomimic, lerobot
+
+
+def test_same_episodes_give_equal_batches(tiny_lift_dataset):
+    robomimic, lerobot = _modules(tiny_lift_dataset)
+    assert len(robomimic.train_set) == len(lerobot.train_set)
+    for index in [0, 1, 5, len(robomimic.train_set) // 2, len(robomimic.train_set) - 1]:
+        a, b = robomimic.train_set[index], lerobot.train_set[index]
+        assert set(a) == set(b) == {STATE, ENV_STATE, ACTION, "action_is_pad"}
+        assert a[STATE].shape == (N_OBS, 9) and a[ACTION].shape == (HORIZON, 7)
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=f"{key} differs at {index}")
+    # The first sample of an episode pads the history at the start; the last pads the chunk at the end.
+    assert robomimic.train_set[0]["action_is_pad"][0]
+    assert robomimic.train_set[len(robomimic.train_set) - 1]["action_is_pad"][-1]
+    assert robomimic.spec.state_dim == lerobot.spec.state_dim == 9
+    assert robomimic.spec.env_state_dim == lerobot.spec.env_state_dim == 10
+    assert robomimic.spec.task == lerobot.spec.task == "lift"
+    for key in (STATE, ENV_STATE, ACTION):
+        torch.testing.assert_close(torch.as_tensor(robomimic.stats[key]["mean"]),
+                                   torch.as_tensor(lerobot.stats[key]["mean"]).float(), rtol=1e-4, atol=1e-4)
+    batch = next(iter(robomimic.train_dataloader()))
+    assert batch[STATE].shape == (16, N_OBS, 9) and batch["action_is_pad"].dtype == torch.bool
+
+
+def test_filter_keys_select_tiers(tiny_lift_dataset):
+    with h5py.File(tiny_lift_dataset / "demo.hdf5", "r") as f:
+        expert = {d.decode() for d in f["mask/expert"][:]}
+        noisy = {d.decode() for d in f["mask/noisy"][:]}
+    module = RobomimicDataModule(hdf5_path=str(tiny_lift_dataset / "demo.hdf5"), filter_key="expert+noisy",
+                                 n_obs_steps=N_OBS, horizon=HORIZON, val_fraction=0.0)
+    module.setup("fit")
+    assert set(module.train_set.demos) == expert | noisy
+    lerobot = LeRobotDataModule(repo_id="zprl/lift_tiny", root=str(tiny_lift_dataset / "lerobot"),
+                                quality_filter="expert+noisy", n_obs_steps=N_OBS, horizon=HORIZON, val_fraction=0.0)
+    lerobot.setup("fit")
+    assert len(lerobot.train_set) == len(module.train_set)
+    with pytest.raises(ValueError, match="masks are"):
+        RobomimicDataModule(hdf5_path=str(tiny_lift_dataset / "demo.hdf5"), filter_key="better").setup("fit")
+
+
+def test_split_is_by_episode_and_deterministic():
+    train, val = split_episodes(list(range(10)), 0.2, seed=3)
+    assert len(val) == 2 and set(train).isdisjoint(val) and sorted(train + val) == list(range(10))
+    assert split_episodes(list(range(10)), 0.2, seed=3) == (train, val)
+    assert split_episodes([0], 0.5, seed=0) == ([0], [])
+
+
+def test_bad_inputs_name_the_fix(tiny_lift_dataset, tmp_path):
+    with pytest.raises(FileNotFoundError, match="zprl data generate"):
+        RobomimicDataModule(hdf5_path=str(tmp_path / "missing.hdf5")).setup("fit")
+    with pytest.raises(KeyError, match="Available obs keys"):
+        RobomimicDataModule(hdf5_path=str(tiny_lift_dataset / "demo.hdf5"), state_keys=["robot0_no_such_key"],
+                            val_fraction=0.0).setup("fit")
+    with pytest.raises(FileNotFoundError, match="zprl data generate"):
+        LeRobotDataModule(root=str(tmp_path / "nothing")).setup("fit")
+    with pytest.raises(KeyError, match="Available"):
+        LeRobotDataModule(repo_id="zprl/lift_tiny", root=str(tiny_lift_dataset / "lerobot"),
+                          state_key="observation.joints", val_fraction=0.0).setup("fit")
