@@ -1,0 +1,93 @@
+"""Lightning callback that evaluates the module's policy in the simulator during training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_info
+
+from zprl.envs import make_vector_env
+from zprl.evaluation import EvalResult, Evaluator
+
+
+class RolloutEvalCallback(pl.Callback):
+    """Every ``every_n_epochs`` epochs and after the last one, roll out ``pl_module.rollout_policy()``.
+
+    Runs on global rank zero only, in eval mode without gradients, and logs ``eval/success_rate``,
+    ``eval/mean_return``, ``eval/mean_length``, ``eval/jerk``, ... through ``pl_module.log_dict`` (so any
+    Lightning logger, MLflow included, records them). The vector env is built once, on first use, and
+    closed at teardown; ``camera_names``, ``camera_size`` and ``max_episode_steps`` go to ``make_vector_env``
+    (a vision policy needs its cameras). With ``video=True`` the first episode of each round is written under
+    ``<default_root_dir>/eval_videos/epoch_<n>/`` and uploaded as an artifact to MLflow loggers.
+    """
+
+    def __init__(self, task: str, every_n_epochs: int = 10, num_episodes: int = 10, num_envs: int = 1,
+                 seed: int = 0, video: bool = False, camera_names: tuple[str, ...] | list[str] = (),
+                 camera_size: int = 84, max_episode_steps: int | None = None, progress: bool = False):
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}.")
+        self.task = task
+        self.every_n_epochs = every_n_epochs
+        self.num_episodes = num_episodes
+        self.num_envs = num_envs
+        self.seed = seed
+        self.video = video
+        self.camera_names = tuple(camera_names)
+        self.camera_size = camera_size
+        self.max_episode_steps = max_episode_steps
+        self.progress = progress
+        self.envs = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch
+        if (epoch + 1) % self.every_n_epochs != 0 and not _is_last_epoch(trainer):
+            return
+        result = self.evaluate(pl_module, video_dir=self._video_dir(trainer, epoch))
+        pl_module.log_dict(result.as_metrics("eval/"), rank_zero_only=True)
+        rank_zero_info(f"epoch {epoch}: eval success rate {result.success_rate:.2f} over "
+                       f"{result.num_episodes} episodes, mean return {result.mean_return:.2f}")
+        for logger in trainer.loggers:
+            if isinstance(logger, MLFlowLogger):
+                for path in result.video_paths:
+                    logger.experiment.log_artifact(logger.run_id, path, artifact_path=f"eval_videos/epoch_{epoch:04d}")
+
+    def evaluate(self, pl_module: pl.LightningModule, video_dir: str | None = None) -> EvalResult:
+        """Roll out the module's policy now (eval mode, no gradients), restoring its training mode after."""
+        if not hasattr(pl_module, "rollout_policy"):
+            raise TypeError(f"{type(pl_module).__name__} has no rollout_policy() method; RolloutEvalCallback needs "
+                            "one that returns a zprl.evaluation.RolloutPolicy.")
+        if self.envs is None:
+            self.envs = make_vector_env(self.task, num_envs=self.num_envs, camera_names=self.camera_names,
+                                        camera_size=self.camera_size, max_episode_steps=self.max_episode_steps,
+                                        render_mode="rgb_array" if self.video else None)
+        evaluator = Evaluator(self.envs, self.num_episodes, seed=self.seed, progress=self.progress, video_dir=video_dir)
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad():
+                return evaluator.evaluate(pl_module.rollout_policy())
+        finally:
+            pl_module.train(was_training)
+
+    def _video_dir(self, trainer: pl.Trainer, epoch: int) -> str | None:
+        if not self.video:
+            return None
+        return str(Path(trainer.default_root_dir) / "eval_videos" / f"epoch_{epoch:04d}")
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.envs is not None:
+            self.envs.close()
+            self.envs = None
+
+
+def _is_last_epoch(trainer: pl.Trainer) -> bool:
+    """True after the final training epoch (max_epochs or max_steps reached, or a callback asked to stop)."""
+    max_epochs, max_steps = trainer.max_epochs, trainer.max_steps
+    return (trainer.should_stop
+            or (max_epochs is not None and max_epochs > 0 and trainer.current_epoch + 1 >= max_epochs)
+            or (max_steps is not None and max_steps > 0 and trainer.global_step >= max_steps))

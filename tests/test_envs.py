@@ -1,0 +1,89 @@
+"""Simulator environments: spaces, stepping, seeding, sparse success reward, vector envs, cameras."""
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless offscreen rendering; must precede robosuite's import
+
+import numpy as np
+import pytest
+
+from zprl.envs import TASKS, make_env, make_vector_env
+
+OBS_KEYS = {"observation.state", "observation.environment_state"}
+
+
+@pytest.fixture(scope="module", params=sorted(TASKS))
+def task_env(request):
+    env = make_env(request.param)
+    yield request.param, env
+    env.close()
+
+
+def test_env_spaces_and_step(task_env):
+    task, env = task_env
+    assert set(env.observation_space.spaces) == OBS_KEYS
+    assert env.action_space.shape == (TASKS[task].action_dim,)
+    obs, info = env.reset(seed=0)
+    assert obs in env.observation_space
+    assert info["is_success"] is False
+    env.action_space.seed(0)
+    for _ in range(5):
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        assert obs in env.observation_space
+        assert "is_success" in info
+        assert reward == float(info["is_success"]) == float(terminated)  # sparse: 1.0 only on success
+    assert reward == 0.0 and not truncated  # five random steps do not solve any task
+
+
+def test_env_seeding(task_env):
+    _, env = task_env
+    first, _ = env.reset(seed=7)
+    again, _ = env.reset(seed=7)
+    other, _ = env.reset(seed=8)
+    for key in OBS_KEYS:
+        np.testing.assert_array_equal(first[key], again[key])
+    assert not np.array_equal(first["observation.environment_state"], other["observation.environment_state"])
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_vector_env_steps(asynchronous):
+    envs = make_vector_env("lift", num_envs=2, asynchronous=asynchronous, max_episode_steps=3)
+    try:
+        obs, _ = envs.reset(seed=[0, 1])
+        assert obs["observation.state"].shape == (2, 9)
+        assert not np.array_equal(obs["observation.environment_state"][0], obs["observation.environment_state"][1])
+        again, _ = envs.reset(seed=[0, 1])
+        np.testing.assert_array_equal(obs["observation.environment_state"], again["observation.environment_state"])
+        for _ in range(3):
+            obs, reward, terminated, truncated, info = envs.step(np.zeros((2, 7), dtype=np.float32))
+        assert obs["observation.environment_state"].shape == (2, 10)
+        np.testing.assert_array_equal(reward, 0.0)
+        assert info["is_success"].shape == (2,)
+        assert truncated.all() and not terminated.any()  # the 3-step time limit
+    finally:
+        envs.close()
+
+
+def test_camera_observations():
+    env = make_env("lift", camera_names=("agentview",), camera_size=32)
+    try:
+        obs, _ = env.reset(seed=0)
+        image = obs["observation.images.agentview"]
+        assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+        assert image.std() > 0  # a rendered scene, not a blank buffer
+        assert obs in env.observation_space
+    finally:
+        env.close()
+
+
+def test_unknown_task_lists_valid_tasks():
+    with pytest.raises(ValueError, match="Unknown task 'stack'") as error:
+        make_env("stack")
+    assert all(repr(name) in str(error.value) for name in TASKS)
+    with pytest.raises(ValueError, match="Unknown task 'stack'"):
+        make_vector_env("stack", num_envs=2)
+
+
+def test_num_envs_must_be_positive():
+    with pytest.raises(ValueError, match="num_envs must be >= 1"):
+        make_vector_env("pusht", num_envs=0)
