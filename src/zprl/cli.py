@@ -41,12 +41,13 @@ def _data_generate(ns: argparse.Namespace) -> None:
 def _evaluate(ns: argparse.Namespace) -> None:
     from zprl.envs import make_vector_env
     from zprl.evaluation import Evaluator
-    from zprl.policy_io import load_policy
+    from zprl.policy_io import load_policy, policy_cameras
     from zprl.rollout import LeRobotRolloutPolicy
 
     policy, pre, post = load_policy(ns.policy, device=ns.device)
-    envs = make_vector_env(ns.task, ns.num_envs, camera_names=policy.config.camera_names,
-                           camera_size=policy.config.image_size, render_mode="rgb_array" if ns.video_dir else None)
+    cameras, size = policy_cameras(policy.config)
+    envs = make_vector_env(ns.task, ns.num_envs, camera_names=cameras, camera_size=size,
+                           render_mode="rgb_array" if ns.video_dir else None)
     try:
         result = Evaluator(envs, ns.episodes, seed=ns.seed, video_dir=ns.video_dir).evaluate(
             LeRobotRolloutPolicy(policy, pre, post, ns.device))

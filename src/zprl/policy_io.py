@@ -58,3 +58,12 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu"):
     policy.to(device).eval()
     policy.requires_grad_(False)
     return policy, preprocessor, postprocessor
+
+
+def policy_cameras(config) -> tuple[tuple[str, ...], int]:
+    """The env cameras a policy config expects (``observation.images.<cam>``) and their square size."""
+    from zprl.data.schema import IMAGE_PREFIX
+
+    cameras = tuple(key.removeprefix(IMAGE_PREFIX) for key in config.image_features)
+    size = next(iter(config.image_features.values())).shape[-1] if cameras else 84
+    return cameras, size

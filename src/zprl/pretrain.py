@@ -103,7 +103,7 @@ class PretrainModule(L.LightningModule):
             raise NonFiniteLossError(
                 f"Training loss became {loss.item()} at step {self.global_step}. Training stopped; the last good "
                 f"checkpoint is {last}. Lower `model.lr`, enable gradient clipping, or check the data for NaN.")
-        self.log_dict({f"train/{k}": float(v) for k, v in info.items()}, prog_bar=False, on_step=True,
+        self.log_dict({f"train/{k}": float(v) for k, v in info.items() if k != "loss"}, on_step=True,
                       batch_size=batch["action"].shape[0])
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["action"].shape[0])
         return loss

@@ -1,0 +1,151 @@
+"""Configuration of the ZPRL policy: LeRobot's diffusion policy plus a variational information bottleneck."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from lerobot.configs import PreTrainedConfig
+from lerobot.configs.types import FeatureType, PolicyFeature
+from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
+
+HEADS = ("diffusion", "flow")
+
+
+@PreTrainedConfig.register_subclass("zprl")
+@dataclass
+class ZPRLConfig(DiffusionConfig):
+    """`DiffusionConfig` plus the bottleneck, the action head and an optional timm vision backbone.
+
+    Every `DiffusionConfig` field keeps its meaning (the noise-scheduler fields only matter for the
+    diffusion head). The defaults differ from LeRobot's where LeRobot's would download weights or be
+    slow on a CPU: no pretrained torchvision weights (GroupNorm instead of BatchNorm), a smaller UNet,
+    horizon 16 and DDIM sampling with 10 steps (deterministic given the initial noise).
+
+    Args:
+        head: action generator, "diffusion" (DDPM training, `noise_scheduler_type` sampling) or "flow"
+            (rectified flow: velocity prediction, `flow_num_steps` Euler steps from noise).
+        bottleneck: insert the VIB between the observation encoder and the UNet conditioning.
+            False is the no-bottleneck ablation: the exact identity path (mu = e, sigma = 0, KL = 0).
+        z_dim: dimension of the bottleneck latent z.
+        vib_hidden_dim: hidden width of the VIB encoder and decoder MLPs.
+        beta: weight of KL(q(z|e) || N(0, I)) in the loss.
+        beta_warmup_steps: the KL weight grows linearly from 0 to `beta` over this many training
+            forward passes (0: constant `beta`).
+        flow_num_steps: Euler steps of the flow head at inference.
+        vision_backbone_timm: name of a timm CNN (e.g. "resnet18", "resnet10t") used instead of the
+            torchvision `vision_backbone`; BatchNorm is replaced by GroupNorm when `use_group_norm`.
+        pretrained_backbone: load timm's pretrained weights (downloads; only with `vision_backbone_timm`).
+    """
+
+    # LeRobot fields with CPU-friendly, offline defaults.
+    horizon: int = 16
+    n_action_steps: int = 8
+    pretrained_backbone_weights: str | None = None
+    use_group_norm: bool = True
+    down_dims: tuple[int, ...] = (128, 256, 512)
+    noise_scheduler_type: str = "DDIM"
+    num_inference_steps: int | None = 10
+
+    # ZPRL fields.
+    head: str = "diffusion"
+    bottleneck: bool = True
+    z_dim: int = 16
+    vib_hidden_dim: int = 256
+    beta: float = 1e-3
+    beta_warmup_steps: int = 0
+    flow_num_steps: int = 10
+    vision_backbone_timm: str | None = None
+    pretrained_backbone: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.head not in HEADS:
+            raise ValueError(f"`head` must be one of {HEADS}. Got {self.head!r}.")
+        for name in ("z_dim", "vib_hidden_dim", "flow_num_steps", "n_obs_steps", "horizon"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1. Got {getattr(self, name)}.")
+        if self.beta < 0:
+            raise ValueError(f"`beta` must be >= 0. Got {self.beta}.")
+        if self.beta_warmup_steps < 0:
+            raise ValueError(f"`beta_warmup_steps` must be >= 0. Got {self.beta_warmup_steps}.")
+        max_action_steps = self.horizon - self.n_obs_steps + 1
+        if not 1 <= self.n_action_steps <= max_action_steps:
+            raise ValueError(
+                f"`n_action_steps` must be in [1, horizon - n_obs_steps + 1] = [1, {max_action_steps}]. "
+                f"Got {self.n_action_steps}; lower it or raise `horizon`."
+            )
+        if self.vision_backbone_timm is not None:
+            import timm
+
+            if not timm.is_model(self.vision_backbone_timm):
+                raise ValueError(
+                    f"`vision_backbone_timm` {self.vision_backbone_timm!r} is not a timm model; "
+                    "see `timm.list_models()` (e.g. 'resnet18', 'resnet10t')."
+                )
+            if self.pretrained_backbone_weights is not None:
+                raise ValueError(
+                    "`pretrained_backbone_weights` is for the torchvision backbone; with "
+                    "`vision_backbone_timm` set it to None and use `pretrained_backbone` instead."
+                )
+            if self.pretrained_backbone and self.use_group_norm:
+                raise ValueError(
+                    "Replacing BatchNorm by GroupNorm ruins pretrained weights: set `use_group_norm=False` "
+                    "or `pretrained_backbone=False`."
+                )
+        elif self.pretrained_backbone:
+            raise ValueError(
+                "`pretrained_backbone` only applies to `vision_backbone_timm`; for the torchvision "
+                "backbone set `pretrained_backbone_weights`."
+            )
+
+    def validate_features(self) -> None:
+        if self.robot_state_feature is None:
+            raise ValueError(
+                f"ZPRL needs a `{OBS_STATE}` STATE input feature; build the config with `zprl_config_for`."
+            )
+        if self.action_feature is None:
+            raise ValueError(
+                f"ZPRL needs an `{ACTION}` ACTION output feature; build the config with `zprl_config_for`."
+            )
+        super().validate_features()
+
+    @property
+    def cond_dim(self) -> int:
+        """Dimension of the observation embedding e (LeRobot's flattened global conditioning)."""
+        per_step = self.robot_state_feature.shape[0]
+        per_step += 2 * self.spatial_softmax_num_keypoints * len(self.image_features)
+        if self.env_state_feature is not None:
+            per_step += self.env_state_feature.shape[0]
+        return per_step * self.n_obs_steps
+
+
+def zprl_config_for(
+    state_dim: int,
+    env_state_dim: int,
+    action_dim: int,
+    camera_names: Sequence[str] = (),
+    image_shape: tuple[int, int, int] = (3, 84, 84),
+    **overrides,
+) -> ZPRLConfig:
+    """A `ZPRLConfig` whose input/output features match the batch schema of docs/INTERFACES.md.
+
+    `env_state_dim=0` leaves out `observation.environment_state` (then at least one camera is needed);
+    each camera becomes an `observation.images.<camera>` VISUAL feature of shape `image_shape`.
+    `overrides` are any other `ZPRLConfig` fields.
+    """
+    if state_dim < 1 or action_dim < 1 or env_state_dim < 0:
+        raise ValueError(
+            f"Need state_dim >= 1, action_dim >= 1 and env_state_dim >= 0; got {state_dim=}, "
+            f"{action_dim=}, {env_state_dim=}."
+        )
+    input_features = {OBS_STATE: PolicyFeature(type=FeatureType.STATE, shape=(state_dim,))}
+    if env_state_dim:
+        input_features[OBS_ENV_STATE] = PolicyFeature(type=FeatureType.ENV, shape=(env_state_dim,))
+    for camera in camera_names:
+        input_features[f"{OBS_IMAGES}.{camera}"] = PolicyFeature(
+            type=FeatureType.VISUAL, shape=tuple(image_shape)
+        )
+    output_features = {ACTION: PolicyFeature(type=FeatureType.ACTION, shape=(action_dim,))}
+    config = ZPRLConfig(input_features=input_features, output_features=output_features, **overrides)
+    config.validate_features()
+    return config

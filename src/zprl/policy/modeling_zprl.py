@@ -1,0 +1,285 @@
+"""ZPRL policy: LeRobot's diffusion policy with a VIB on its global conditioning and a diffusion or flow head.
+
+Pipeline: observations -> e (LeRobot's `_prepare_global_conditioning`) -> q(z|e) = N(mu, sigma^2)
+-> z (reparameterised in training, mu in eval) -> decode(z) -> FiLM conditioning of the 1D UNet.
+The online RL interface (`encode_latent`, `decode_latent`, `sample_noise`, `generate`) exposes each stage.
+"""
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from lerobot.policies.diffusion.modeling_diffusion import (
+    DiffusionModel,
+    DiffusionPolicy,
+    DiffusionRgbEncoder,
+    SpatialSoftmax,
+    _replace_submodules,
+)
+from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot.policies.utils import get_device_from_parameters, get_dtype_from_parameters, get_output_shape
+from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
+from torch import Tensor, nn
+
+from .configuration_zprl import ZPRLConfig
+from .vib import VariationalBottleneck
+
+
+class LatentEncoding(NamedTuple):
+    """Observation embedding e (B, cond_dim) and the bottleneck posterior N(mu, sigma^2), each (B, z_dim).
+
+    With `bottleneck=False`: mu = e and sigma = 0 (both (B, cond_dim)).
+    """
+
+    e: Tensor
+    mu: Tensor
+    sigma: Tensor
+
+
+def _group_norm_for(batch_norm: nn.BatchNorm2d) -> nn.Module:
+    """GroupNorm with ~16 channels per group (as LeRobot), keeping the activation of timm's BatchNormAct2d."""
+    from timm.layers import BatchNormAct2d
+
+    channels = batch_norm.num_features
+    groups = max(d for d in range(1, max(channels // 16, 1) + 1) if channels % d == 0)
+    norm = nn.GroupNorm(groups, channels)
+    if isinstance(batch_norm, BatchNormAct2d):  # timm fuses dropout and activation into the norm
+        return nn.Sequential(norm, batch_norm.drop, batch_norm.act)
+    return norm
+
+
+def _use_timm_backbone(encoder: DiffusionRgbEncoder, config: ZPRLConfig) -> None:
+    """Swap the torchvision backbone of a LeRobot RGB encoder for a timm CNN, keeping its crop and head."""
+    import timm
+
+    backbone = timm.create_model(
+        config.vision_backbone_timm, pretrained=config.pretrained_backbone, num_classes=0, global_pool=""
+    )
+    if config.use_group_norm:
+        backbone = _replace_submodules(backbone, lambda m: isinstance(m, nn.BatchNorm2d), _group_norm_for)
+    image_shape = next(iter(config.image_features.values())).shape
+    height_width = config.crop_shape or config.resize_shape or image_shape[1:]
+    feature_map_shape = get_output_shape(backbone, (1, image_shape[0], *height_width))[1:]
+    if len(feature_map_shape) != 3:
+        raise ValueError(
+            f"timm backbone {config.vision_backbone_timm!r} gives features of shape {feature_map_shape}; "
+            "the spatial-softmax head needs a CNN feature map (C, H, W)."
+        )
+    encoder.backbone = backbone
+    encoder.pool = SpatialSoftmax(feature_map_shape, num_kp=config.spatial_softmax_num_keypoints)
+
+
+class ZPRLModel(DiffusionModel):
+    """`DiffusionModel` with the VIB inserted in the global conditioning and a flow-matching alternative.
+
+    `compute_loss` returns (imitation loss, KL); LeRobot's `generate_actions` is inherited and goes
+    through the bottleneck via the overridden `_prepare_global_conditioning` and `conditional_sample`.
+    """
+
+    config: ZPRLConfig
+
+    def __init__(self, config: ZPRLConfig):
+        super().__init__(config)
+        if config.vision_backbone_timm is not None and config.image_features:
+            # LeRobot builds torchvision encoders (no weights); their backbone is replaced in place.
+            encoders = self.rgb_encoder if isinstance(self.rgb_encoder, nn.ModuleList) else [self.rgb_encoder]
+            for encoder in encoders:
+                _use_timm_backbone(encoder, config)
+        self.vib = (
+            VariationalBottleneck(config.cond_dim, config.z_dim, config.vib_hidden_dim)
+            if config.bottleneck
+            else None
+        )
+
+    # ========= bottleneck =========
+    def encode_latent(self, batch: dict[str, Tensor]) -> LatentEncoding:
+        """Observation embedding e and posterior parameters; `batch` as in `generate_actions`."""
+        e = super()._prepare_global_conditioning(batch)
+        if self.vib is None:
+            return LatentEncoding(e, e, torch.zeros_like(e))
+        mu, sigma = self.vib(e)
+        return LatentEncoding(e, mu, sigma)
+
+    def decode_latent(self, z: Tensor) -> Tensor:
+        """Latent -> UNet conditioning (identity without bottleneck)."""
+        return z if self.vib is None else self.vib.decode(z)
+
+    def _bottleneck(self, latent: LatentEncoding) -> Tensor:
+        if self.vib is None:
+            return latent.e
+        z = self.vib.sample(latent.mu, latent.sigma) if self.training else latent.mu
+        return self.vib.decode(z)
+
+    def _prepare_global_conditioning(self, batch: dict[str, Tensor]) -> Tensor:
+        return self._bottleneck(self.encode_latent(batch))
+
+    # ========= inference =========
+    def sample_noise(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        """Initial noise of the generator, (B, horizon, action_dim)."""
+        return torch.randn(
+            (batch_size, self.config.horizon, self.config.action_feature.shape[0]),
+            generator=generator,
+            device=get_device_from_parameters(self),
+            dtype=get_dtype_from_parameters(self),
+        )
+
+    def conditional_sample(
+        self,
+        batch_size: int,
+        global_cond: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
+    ) -> Tensor:
+        """Full (B, horizon, action_dim) chunk from noise; a deterministic function of `noise` when given.
+
+        The flow head integrates the velocity with `flow_num_steps` Euler steps. The diffusion head runs
+        LeRobot's scheduler loop; DDIM (eta = 0) is deterministic, and for DDPM, whose steps inject fresh
+        noise, a generator seeded with 0 is used when `noise` is given without a `generator`.
+        """
+        if noise is None:
+            noise = self.sample_noise(batch_size, generator)
+        elif generator is None:
+            generator = torch.Generator(device=noise.device).manual_seed(0)
+        if self.config.head == "diffusion":
+            return super().conditional_sample(batch_size, global_cond, generator, noise)
+        sample, dt = noise, 1.0 / self.config.flow_num_steps
+        for k in range(self.config.flow_num_steps):
+            t = torch.full(sample.shape[:1], k * dt, device=sample.device, dtype=sample.dtype)
+            sample = sample + dt * self.unet(sample, self._flow_timestep(t), global_cond=global_cond)
+        if self.config.clip_sample:
+            sample = sample.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
+        return sample
+
+    def _flow_timestep(self, t: Tensor) -> Tensor:
+        """Flow time t in [0, 1] on the UNet's sinusoidal timestep scale [0, num_train_timesteps]."""
+        return t * self.config.num_train_timesteps
+
+    # ========= training =========
+    def compute_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """(imitation loss, KL(q(z|e) || N(0, I))); KL is None without bottleneck.
+
+        `batch` as in LeRobot's `DiffusionModel.compute_loss` (images stacked under `observation.images`).
+        """
+        actions = batch[ACTION]
+        if actions.shape[1] != self.config.horizon or batch[OBS_STATE].shape[1] != self.config.n_obs_steps:
+            raise ValueError(
+                f"Expected {ACTION} (B, horizon={self.config.horizon}, A) and {OBS_STATE} "
+                f"(B, n_obs_steps={self.config.n_obs_steps}, D); got {tuple(actions.shape)} and "
+                f"{tuple(batch[OBS_STATE].shape)}. Check the dataset's delta timestamps."
+            )
+        latent = self.encode_latent(batch)
+        cond = self._bottleneck(latent)
+        if self.config.head == "diffusion":
+            pred, target = self._diffusion_prediction(actions, cond)
+        else:
+            pred, target = self._flow_prediction(actions, cond)
+        loss = F.mse_loss(pred, target, reduction="none")
+        if self.config.do_mask_loss_for_padding:
+            mask = ~batch["action_is_pad"].unsqueeze(-1)
+            imitation = (loss * mask).sum() / (mask.sum() * loss.shape[-1]).clamp_min(1)
+        else:
+            imitation = loss.mean()
+        return imitation, None if self.vib is None else self.vib.kl(latent.mu, latent.sigma)
+
+    def _diffusion_prediction(self, actions: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """DDPM: UNet output on a noised chunk and its target (noise or clean chunk per `prediction_type`)."""
+        eps = torch.randn_like(actions)
+        timesteps = torch.randint(
+            0, self.noise_scheduler.config.num_train_timesteps, (actions.shape[0],), device=actions.device
+        )
+        noisy = self.noise_scheduler.add_noise(actions, eps, timesteps)
+        pred = self.unet(noisy, timesteps, global_cond=cond)
+        return pred, eps if self.config.prediction_type == "epsilon" else actions
+
+    def _flow_prediction(self, actions: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """Rectified flow: x_t = (1 - t) x0 + t x1 with x0 noise, x1 the chunk; target velocity x1 - x0."""
+        x0 = torch.randn_like(actions)
+        t = torch.rand(actions.shape[0], device=actions.device, dtype=actions.dtype)
+        x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * actions
+        return self.unet(x_t, self._flow_timestep(t), global_cond=cond), actions - x0
+
+
+class ZPRLPolicy(DiffusionPolicy):
+    """LeRobot policy "zprl": diffusion / flow-matching policy with a plug-in variational bottleneck.
+
+    Methods take NORMALISED batches (see `make_zprl_pre_post_processors`) and return normalised actions.
+    `select_action`, `predict_action_chunk` and `reset` are LeRobot's (observation / action queues).
+    """
+
+    config_class = ZPRLConfig
+    name = "zprl"
+
+    def __init__(self, config: ZPRLConfig, **kwargs):
+        # DiffusionPolicy.__init__ would build a plain DiffusionModel: initialise its base instead.
+        PreTrainedPolicy.__init__(self, config)
+        config.validate_features()
+        self._queues = None
+        self.diffusion = ZPRLModel(config)
+        # Training forward passes seen so far: drives the KL warm-up. A Python int (no device op per
+        # step), saved with the weights through `get_extra_state`.
+        self.num_train_forwards = 0
+        self.reset()
+
+    @property
+    def action_chunk_slice(self) -> slice:
+        """The executable part of a generated (B, horizon, A) chunk (from the current observation)."""
+        start = self.config.n_obs_steps - 1
+        return slice(start, start + self.config.n_action_steps)
+
+    def get_extra_state(self) -> Tensor:
+        return torch.tensor(self.num_train_forwards)
+
+    def set_extra_state(self, state: Tensor) -> None:
+        self.num_train_forwards = int(state)
+
+    def kl_weight(self) -> float:
+        """beta_t: linear warm-up from 0 to `beta` over `beta_warmup_steps` training forward passes."""
+        if self.config.beta_warmup_steps == 0:
+            return self.config.beta
+        return self.config.beta * min(1.0, self.num_train_forwards / self.config.beta_warmup_steps)
+
+    def _stack_cameras(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Add `observation.images` (B, n_obs_steps, n_cameras, C, H, W) as LeRobot's model expects."""
+        if not self.config.image_features:
+            return batch
+        batch = dict(batch)
+        images = [batch[key] for key in self.config.image_features]
+        if self.config.n_obs_steps == 1:
+            images = [img.unsqueeze(1) if img.ndim == 4 else img for img in images]
+        batch[OBS_IMAGES] = torch.stack(images, dim=-4)
+        return batch
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        """Loss = imitation + beta_t * KL; info has floats `loss`, `imitation_loss`, `kl_loss`, `beta`."""
+        imitation, kl = self.diffusion.compute_loss(self._stack_cameras(batch))
+        beta = self.kl_weight()
+        if self.training:
+            self.num_train_forwards += 1
+        loss = imitation if kl is None else imitation + beta * kl
+        losses = {"loss": loss, "imitation_loss": imitation} | ({} if kl is None else {"kl_loss": kl})
+        values = torch.stack([v.detach().float() for v in losses.values()]).tolist()  # one device sync
+        return loss, {"kl_loss": 0.0, **dict(zip(losses, values, strict=True)), "beta": beta}
+
+    # ========= online RL interface (docs/INTERFACES.md) =========
+    def encode_latent(self, batch: dict[str, Tensor]) -> LatentEncoding:
+        """Observation history (B, n_obs_steps, ...) -> LatentEncoding(e, mu, sigma)."""
+        return self.diffusion.encode_latent(self._stack_cameras(batch))
+
+    def decode_latent(self, z: Tensor) -> Tensor:
+        """(B, z_dim) latent -> (B, cond_dim) generator conditioning; identity without bottleneck."""
+        return self.diffusion.decode_latent(z)
+
+    def sample_noise(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        """Initial generator noise (B, horizon, action_dim) on the policy's device."""
+        return self.diffusion.sample_noise(batch_size, generator)
+
+    def generate(
+        self, cond: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Conditioning (B, cond_dim) -> full chunk (B, horizon, action_dim), deterministic given `noise`.
+
+        Gradients are not disabled: wrap in `torch.no_grad()` for a frozen policy.
+        """
+        return self.diffusion.conditional_sample(
+            cond.shape[0], global_cond=cond, generator=generator, noise=noise
+        )
