@@ -1,0 +1,318 @@
+"""Online RL: steering invariants, replay buffer, SAC, chunk collection and the resumable Lightning loop."""
+
+import copy
+import csv
+import math
+
+import gymnasium as gym
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from zprl.envs import make_env, make_vector_env
+from zprl.online.collector import ChunkCollector, SteeredAgent, SteeredRolloutPolicy
+from zprl.online.module import OnlineRLModule
+from zprl.online.replay_buffer import ReplayBuffer, Transitions
+from zprl.online.sac import SAC, CriticDivergenceError, SACConfig
+from zprl.online.steering import ActionSteering, LatentSteering, NoiseSteering, make_steering
+from zprl.policy import ZPRLPolicy, make_zprl_pre_post_processors, zprl_config_for
+from zprl.policy_io import load_policy
+
+TINY = {"down_dims": (16, 32), "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4, "vib_hidden_dim": 32,
+        "z_dim": 4, "num_inference_steps": 3, "device": "cpu"}
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    torch.set_num_threads(1)
+
+
+def _stats(low, high):
+    low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
+    return {"min": low, "max": high, "mean": (low + high) / 2, "std": (high - low) / 4}
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory):
+    """A tiny untrained ZPRL policy for PushT (state 2, env state 16, action 2) saved with its processors."""
+    torch.manual_seed(0)
+    config = zprl_config_for(2, 16, 2, **TINY)
+    policy = ZPRLPolicy(config)
+    stats = {"observation.state": _stats([0, 0], [512, 512]),
+             "observation.environment_state": _stats([0] * 16, [512] * 16),
+             "action": _stats([0, 0], [512, 512])}
+    pre, post = make_zprl_pre_post_processors(config, stats)
+    out = tmp_path_factory.mktemp("policy")
+    for part in (policy, pre, post):
+        part.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def frozen(policy_dir):
+    return load_policy(policy_dir)
+
+
+@pytest.fixture(scope="module")
+def obs_batch(frozen):
+    """A normalised observation-history batch of 5 PushT states."""
+    env = make_env("pusht")
+    frames = [env.reset(seed=s)[0] for s in range(5)]
+    batch = {k: torch.as_tensor(np.stack([f[k] for f in frames]))[:, None].repeat(1, 2, 1) for k in frames[0]}
+    return frozen[1](batch)
+
+
+def _context(policy, steering, obs_batch, seed=0):
+    noise = policy.sample_noise(5, torch.Generator().manual_seed(seed))
+    return steering.observe(policy, obs_batch, noise), noise
+
+
+# -- steering ------------------------------------------------------------------------------------------
+
+def test_zero_residual_gives_the_base_policy_chunk(frozen, obs_batch):
+    policy = frozen[0]
+    noise = policy.sample_noise(5, torch.Generator().manual_seed(0))
+    # The base policy's own eval path: LeRobot conditioning through the bottleneck (mean latent).
+    base = policy.diffusion.conditional_sample(5, policy.diffusion._prepare_global_conditioning(obs_batch), noise=noise)
+    for steering in (LatentSteering(2.0), ActionSteering(0.5)):
+        ctx = steering.observe(policy, obs_batch, noise)
+        sac = SAC(steering.rl_obs_dim(policy), steering.rl_action_dim(policy))
+        u = sac.actor.deterministic(ctx.rl_obs)
+        assert torch.equal(u, torch.zeros_like(u)), "a fresh actor must output exactly zero"
+        assert torch.equal(steering.act(policy, ctx, u), base), steering.name
+    zero_noise = torch.zeros_like(noise)
+    expected = policy.diffusion.conditional_sample(5, policy.diffusion._prepare_global_conditioning(obs_batch),
+                                                   noise=zero_noise)
+    steering = NoiseSteering(1.5)
+    ctx = steering.observe(policy, obs_batch, noise)
+    assert torch.equal(steering.act(policy, ctx, torch.zeros(5, steering.rl_action_dim(policy))), expected)
+
+
+def test_perturbations_respect_their_bound(frozen, obs_batch):
+    policy = frozen[0]
+    g = torch.Generator().manual_seed(1)
+    latent, action, noise_steering = LatentSteering(0.3), ActionSteering(0.2), NoiseSteering(1.5)
+
+    ctx, _ = _context(policy, latent, obs_batch)
+    u = torch.rand(5, latent.rl_action_dim(policy), generator=g) * 2 - 1
+    z = latent.steered_latent(ctx, u)
+    assert (z - ctx.latent.mu).abs().max() <= 0.3 + 1e-4
+    torch.testing.assert_close(latent.steered_latent(ctx, torch.ones_like(u)) - ctx.latent.mu,
+                               torch.full_like(u, 0.3), atol=1e-4, rtol=0)
+
+    ctx, _ = _context(policy, action, obs_batch)
+    u = torch.rand(5, action.rl_action_dim(policy), generator=g) * 2 - 1
+    chunk = action.act(policy, ctx, u)
+    steps = policy.action_chunk_slice
+    diff = chunk - ctx.base_chunk
+    assert diff[:, steps].abs().max() <= 0.2 + 1e-6 and diff[:, steps].abs().max() > 0
+    assert chunk[:, steps].abs().max() <= 1.0  # min-max normalised actions are clamped
+    outside = torch.ones(chunk.shape[1], dtype=torch.bool)
+    outside[steps] = False
+    assert torch.equal(chunk[:, outside], ctx.base_chunk[:, outside])
+
+    ctx, _ = _context(policy, noise_steering, obs_batch)
+    u = torch.rand(5, noise_steering.rl_action_dim(policy), generator=g) * 2 - 1
+    assert noise_steering.initial_noise(ctx, u).abs().max() <= 1.5
+
+
+def test_action_schedule_and_unknown_steering():
+    steering = make_steering("action", 0.1, action_schedule_steps=1000)
+    assert [steering.residual_probability(s) for s in (0, 250, 1000, 5000)] == [0.0, 0.25, 1.0, 1.0]
+    assert make_steering("latent").residual_probability(0) == 1.0
+    with pytest.raises(ValueError, match="choose one of"):
+        make_steering("latnet")
+    with pytest.raises(ValueError, match="only applies to steering='action'"):
+        make_steering("latent", action_schedule_steps=10)
+
+
+# -- replay buffer and SAC -----------------------------------------------------------------------------
+
+def _transitions(n, obs_dim=3, action_dim=2, start=0):
+    values = torch.arange(start, start + n, dtype=torch.float32)
+    return Transitions(obs=values[:, None].repeat(1, obs_dim), action=values[:, None].repeat(1, action_dim),
+                       reward=values, next_obs=values[:, None].repeat(1, obs_dim) + 0.5,
+                       terminal=(values % 2), discount=torch.full((n,), 0.9))
+
+
+def test_replay_buffer_wraps_and_round_trips():
+    buffer = ReplayBuffer(5, 3, 2)
+    buffer.add(_transitions(3))
+    buffer.add(_transitions(4, start=3))  # 7 added into 5 slots: 0 and 1 overwritten
+    assert len(buffer) == 5 and buffer.pos == 2
+    assert sorted(buffer.storage.reward.tolist()) == [2.0, 3.0, 4.0, 5.0, 6.0]
+    sample = buffer.sample(64, torch.Generator().manual_seed(0))
+    assert torch.equal(sample.obs[:, 0], sample.reward) and torch.equal(sample.next_obs[:, 0], sample.reward + 0.5)
+    assert set(sample.reward.tolist()) <= {2.0, 3.0, 4.0, 5.0, 6.0}
+
+    clone = ReplayBuffer(5, 3, 2)
+    clone.load_state_dict(buffer.state_dict())
+    assert (clone.pos, len(clone)) == (buffer.pos, len(buffer))
+    for a, b in zip(clone.storage, buffer.storage):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="same buffer_capacity"):
+        ReplayBuffer(6, 3, 2).load_state_dict(buffer.state_dict())
+
+
+def test_sac_update_is_finite_and_detects_divergence():
+    torch.manual_seed(0)
+    sac = SAC(6, 3, SACConfig(hidden_dims=(32, 32), num_critics=3, batch_size=16))
+    optimizers = sac.configure_optimizers()
+    g = torch.Generator().manual_seed(0)
+    batch = Transitions(obs=torch.randn(16, 6, generator=g), action=torch.rand(16, 3, generator=g) * 2 - 1,
+                        reward=(torch.rand(16, generator=g) > 0.5).float(), next_obs=torch.randn(16, 6, generator=g),
+                        terminal=torch.zeros(16), discount=torch.full((16,), 0.99 ** 4))
+    before = [p.clone() for p in sac.critic_target.parameters()]
+    metrics = sac.update(batch, optimizers)
+    assert set(metrics) >= {"critic_loss", "actor_loss", "alpha", "q_mean", "entropy"}
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, sac.critic_target.parameters()))  # Polyak moved
+    with pytest.raises(CriticDivergenceError, match="utd_ratio"):
+        sac.update(batch._replace(reward=torch.full((16,), float("nan"))), optimizers)
+    huge = SAC(6, 3, SACConfig(hidden_dims=(32, 32), q_divergence_threshold=10.0))
+    with pytest.raises(CriticDivergenceError, match="q_divergence_threshold"):
+        huge.update(batch._replace(reward=torch.full((16,), 1e4)), huge.configure_optimizers())
+
+
+# -- collection ----------------------------------------------------------------------------------------
+
+class _CrashAt(gym.Wrapper):
+    """Reports a simulator crash (as RobomimicEnv does) at a given step of every episode."""
+
+    def __init__(self, env, step):
+        super().__init__(env)
+        self.crash_step, self.t = step, 0
+
+    def reset(self, **kwargs):
+        self.t = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        self.t += 1
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if self.t == self.crash_step:
+            return obs, 0.0, False, True, {**info, "env_crashed": True}
+        return obs, reward, terminated, truncated, info
+
+
+def _collect(frozen, envs, steering="latent", steps=200, seed=0):
+    steering = make_steering(steering, 0.5)
+    agent = SteeredAgent(*frozen, steering, envs.num_envs, seed=seed)
+    torch.manual_seed(seed)
+    sac = SAC(steering.rl_obs_dim(frozen[0]), steering.rl_action_dim(frozen[0]), SACConfig(hidden_dims=(32,)))
+    collector = ChunkCollector(envs, agent, gamma=0.9, seed=seed)
+    batch, stats = collector.collect(steps, sac.actor)
+    return collector, batch, stats
+
+
+def test_collector_macro_transitions_account_for_every_env_step(frozen):
+    # PushT episodes of 10 steps: time-limit truncations mid-chunk (n_action_steps=4).
+    envs = make_vector_env("pusht", 3, asynchronous=False, max_episode_steps=10)
+    collector, batch, stats = _collect(frozen, envs, steps=100)
+    steps_per_transition = torch.round(torch.log(batch.discount) / math.log(0.9)).long()
+    assert steps_per_transition.min() >= 1 and steps_per_transition.max() <= 4
+    in_flight = collector.pending_steps[collector.pending].sum()
+    assert steps_per_transition.sum() + in_flight == stats.env_steps == collector.env_steps >= 100
+    assert len(stats.episode_successes) == collector.episodes >= 100 // 10 - 3  # 10-step episodes, 3 may be in flight
+    assert batch.terminal.sum() == sum(stats.episode_successes)  # only successes are terminal
+    assert batch.obs.shape[1] == LatentSteering().rl_obs_dim(frozen[0]) and torch.isfinite(batch.next_obs).all()
+    # Same seed, same transitions: runs are reproducible on CPU.
+    _, again, _ = _collect(frozen, envs, steps=100)
+    for a, b in zip(batch, again):
+        assert torch.equal(a, b)
+    envs.close()
+
+
+def test_collector_drops_crashed_chunks_and_continues(frozen):
+    envs = gym.vector.SyncVectorEnv([lambda: _CrashAt(make_env("pusht", max_episode_steps=50), 6)] * 2)
+    collector, batch, stats = _collect(frozen, envs, steps=60)
+    assert stats.env_crashes == collector.env_crashes == len(stats.episode_successes) >= 8
+    assert stats.env_steps >= 60
+    steps = torch.round(torch.log(batch.discount) / math.log(0.9)).long()
+    # Each 6-step episode is split into chunks of 4 + 2 (aligned) or similar; the crashed chunk is dropped.
+    assert steps.sum() + collector.pending_steps[collector.pending].sum() < stats.env_steps
+    envs.close()
+
+
+def test_steered_rollout_with_zero_actor_equals_base(frozen):
+    envs = make_vector_env("pusht", 2, asynchronous=False)
+    actions = {}
+    for name in ("none", "latent", "action"):
+        steering = make_steering(name, 0.5)
+        actor = SAC(steering.rl_obs_dim(frozen[0]), steering.rl_action_dim(frozen[0])).actor \
+            if steering.trainable else None
+        rollout = SteeredRolloutPolicy(SteeredAgent(*frozen, steering, 2, seed=3), actor)
+        obs, _ = envs.reset(seed=0)
+        rollout.reset()
+        taken = []
+        for _ in range(10):
+            taken.append(rollout.act(obs))
+            obs, *_ = envs.step(taken[-1])
+        actions[name] = np.stack(taken)
+    np.testing.assert_array_equal(actions["latent"], actions["none"])
+    np.testing.assert_array_equal(actions["action"], actions["none"])
+    envs.close()
+
+
+# -- the Lightning loop --------------------------------------------------------------------------------
+
+def _module(policy_dir, total_env_steps):
+    return OnlineRLModule(
+        policy_path=str(policy_dir), task="pusht", steering="latent", steering_scale=1.0, num_envs=2,
+        asynchronous=False, max_episode_steps=20, total_env_steps=total_env_steps, env_steps_per_iter=32,
+        utd_ratio=0.5, warmup_env_steps=16, buffer_capacity=100, eval_every_env_steps=64, eval_episodes=2,
+        seed=0, sac={"hidden_dims": (32, 32), "batch_size": 8})
+
+
+def _trainer(tmp_path, callbacks=()):
+    return L.Trainer(max_steps=-1, accelerator="cpu", devices=1, enable_progress_bar=False,
+                     enable_model_summary=False, default_root_dir=tmp_path,
+                     logger=CSVLogger(tmp_path, name="csv"),
+                     callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True), *callbacks])
+
+
+class _Snapshot(Callback):
+    """Records the resumable state when training (re)starts."""
+
+    def on_train_start(self, trainer, module):
+        self.state = _state(module)
+
+
+def _state(module):
+    return {"env_steps": module.env_steps, "buffer": len(module.buffer), "updates": module.num_updates,
+            "actor": {k: v.clone() for k, v in module.sac.actor.state_dict().items()},
+            "optim": copy.deepcopy([o.state_dict() for o in module.trainer.optimizers])}
+
+
+def test_fit_checkpoints_and_resumes_exactly(policy_dir, tmp_path):
+    module = _module(policy_dir, total_env_steps=64)
+    trainer = _trainer(tmp_path)
+    trainer.fit(module)
+    assert 64 <= module.env_steps < 64 + 2 and module.num_updates > 0
+    assert trainer.global_step > 0 and module.frozen.policy.training is False
+    saved = _state(module)
+    assert not any(k.startswith(("frozen", "policy")) for k in module.state_dict())
+
+    # Metrics are logged with env steps as the step axis; evaluation ran at 0 and at the end.
+    with open(tmp_path / "csv" / "version_0" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert all(float(r["step"]) == float(r["env_steps"]) for r in rows if r.get("env_steps"))
+    eval_steps = [int(r["step"]) for r in rows if r.get("eval/success_rate")]
+    assert eval_steps[0] == 0 and eval_steps[-1] == module.env_steps
+
+    snapshot = _Snapshot()
+    resumed = _module(policy_dir, total_env_steps=128)
+    _trainer(tmp_path / "resume", [snapshot]).fit(resumed, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    restored = snapshot.state
+    assert (restored["env_steps"], restored["buffer"], restored["updates"]) == \
+        (saved["env_steps"], saved["buffer"], saved["updates"])
+    for key, value in saved["actor"].items():
+        assert torch.equal(restored["actor"][key], value), key
+    for before, after in zip(saved["optim"], restored["optim"]):
+        for slot, values in before["state"].items():
+            for name, tensor in values.items():
+                assert torch.equal(after["state"][slot][name], tensor), (slot, name)
+    assert resumed.env_steps >= 128 and resumed.num_updates > saved["updates"]
