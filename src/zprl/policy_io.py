@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import draccus
 import torch
 from lerobot.processor import PolicyProcessorPipeline
 from lerobot.processor.converters import policy_action_to_transition, transition_to_policy_action
@@ -19,7 +21,7 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu"):
     ``save_pretrained`` (config.json, model.safetensors, policy_*processor.json) or a ``.ckpt``
     written by ``lightning fit -c conf/pretrain.yaml``.
     """
-    from zprl.policy import ZPRLPolicy, make_zprl_pre_post_processors
+    from zprl.policy import ZPRLConfig, ZPRLPolicy, make_zprl_pre_post_processors
 
     path = Path(path)
     device = str(device)
@@ -43,11 +45,11 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu"):
     elif path.suffix == ".ckpt":
         from zprl.pretrain import CHECKPOINT_KEY
 
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         if CHECKPOINT_KEY not in checkpoint:
             raise KeyError(f"{path} is not a zprl pretraining checkpoint (no {CHECKPOINT_KEY!r} entry).")
         saved = checkpoint[CHECKPOINT_KEY]
-        config = saved["policy_config"]
+        config = draccus.decode(ZPRLConfig, json.loads(saved["policy_config"]))
         config.device = device
         policy = ZPRLPolicy(config)
         prefix = "policy."

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any
 
+import draccus
 import lightning as L
+import numpy as np
 import torch
 from diffusers.optimization import get_scheduler
 
@@ -148,6 +152,23 @@ class PretrainModule(L.LightningModule):
 
     # -- standalone checkpoints ---------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store what rebuilds the policy without the DataModule (see ``zprl.policy_io.load_policy``)."""
-        checkpoint[CHECKPOINT_KEY] = {"policy_config": self.policy.config, "dataset_spec": self._spec,
-                                      "dataset_stats": self._stats}
+        """Store what rebuilds the policy without the DataModule (see ``zprl.policy_io.load_policy``).
+
+        Only JSON strings and tensors, so Lightning's ``weights_only`` resume can read the checkpoint.
+        """
+        checkpoint[CHECKPOINT_KEY] = {
+            "policy_config": json.dumps(draccus.encode(self.policy.config)),
+            "dataset_spec": json.dumps(dataclasses.asdict(self._spec), default=str),
+            "dataset_stats": {key: {name: torch.as_tensor(np.asarray(value)) for name, value in stat.items()}
+                              for key, stat in self._stats.items()},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume on data whose shapes differ from the checkpoint's, naming both."""
+        saved = json.loads(checkpoint[CHECKPOINT_KEY]["dataset_spec"])
+        for field in ("state_dim", "env_state_dim", "action_dim", "camera_names"):
+            now = getattr(self._spec, field)
+            if (list(now) if isinstance(now, tuple) else now) != saved[field]:
+                raise ValueError(
+                    f"The checkpoint was trained on data with {field}={saved[field]}, but the DataModule now gives "
+                    f"{field}={now}. Point `data` at the dataset the checkpoint came from, or start without ckpt_path.")

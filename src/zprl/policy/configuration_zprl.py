@@ -1,10 +1,10 @@
 """Configuration of the ZPRL policy: LeRobot's diffusion policy plus a variational information bottleneck."""
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lerobot.configs import PreTrainedConfig
-from lerobot.configs.types import FeatureType, PolicyFeature
+from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
 from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
 from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
 
@@ -18,7 +18,7 @@ class ZPRLConfig(DiffusionConfig):
 
     Every `DiffusionConfig` field keeps its meaning (the noise-scheduler fields only matter for the
     diffusion head). The defaults differ from LeRobot's where LeRobot's would download weights or be
-    slow on a CPU: no pretrained torchvision weights (GroupNorm instead of BatchNorm), a smaller UNet,
+    slow on a CPU, and the environment state is min-max normalised like the robot state: no pretrained torchvision weights (GroupNorm instead of BatchNorm), a smaller UNet,
     horizon 16 and DDIM sampling with 10 steps (deterministic given the initial noise).
 
     Args:
@@ -45,6 +45,16 @@ class ZPRLConfig(DiffusionConfig):
     down_dims: tuple[int, ...] = (128, 256, 512)
     noise_scheduler_type: str = "DDIM"
     num_inference_steps: int | None = 10
+    # LeRobot's diffusion mapping has no "ENV" entry, which leaves `observation.environment_state`
+    # (object poses, keypoints in pixels) unnormalised; zprl scales it like the robot state.
+    normalization_mapping: dict[str, NormalizationMode] = field(
+        default_factory=lambda: {
+            "VISUAL": NormalizationMode.MEAN_STD,
+            "STATE": NormalizationMode.MIN_MAX,
+            "ENV": NormalizationMode.MIN_MAX,
+            "ACTION": NormalizationMode.MIN_MAX,
+        }
+    )
 
     # ZPRL fields.
     head: str = "diffusion"

@@ -1,0 +1,164 @@
+"""Offline pretraining: CLI smoke run into a real MLflow store, loss goes down, NaN stops safely, export/load."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+
+import lightning as L
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from zprl.data.datamodule import RobomimicDataModule
+from zprl.data.schema import STATE
+from zprl.policy_io import load_policy
+from zprl.pretrain import NonFiniteLossError, PretrainModule
+
+TINY_POLICY = {"down_dims": [16, 32], "vib_hidden_dim": 32, "num_inference_steps": 4, "flow_num_steps": 4}
+
+
+def tiny_module(**kwargs) -> PretrainModule:
+    return PretrainModule(z_dim=4, n_action_steps=4, policy_overrides=TINY_POLICY, warmup_steps=5, lr=3e-3, **kwargs)
+
+
+def lift_data(root, **kwargs) -> RobomimicDataModule:
+    return RobomimicDataModule(hdf5_path=str(root / "demo.hdf5"), n_obs_steps=2, horizon=8, batch_size=32,
+                               val_fraction=0.0, **kwargs)
+
+
+def trainer(tmp_path, **kwargs) -> L.Trainer:
+    defaults = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                    default_root_dir=str(tmp_path), enable_checkpointing=False)
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+def fixed_noise_loss(module: PretrainModule, batch: dict) -> float:
+    torch.manual_seed(123)
+    with torch.no_grad():
+        return float(module._loss(batch)[0])
+
+
+@pytest.mark.parametrize("head", ["diffusion", "flow"])
+def test_short_pretraining_lowers_the_loss(tiny_lift_dataset, tmp_path, head):
+    L.seed_everything(0)
+    data, module = lift_data(tiny_lift_dataset), tiny_module(head=head)
+    fit = trainer(tmp_path, max_steps=200)
+    data.setup("fit")
+    batch = next(iter(torch.utils.data.DataLoader(data.train_set, batch_size=64, shuffle=True)))
+    fit.fit(module, datamodule=data)
+    after = fixed_noise_loss(module, batch)
+    fresh = tiny_module(head=head)
+    fresh.trainer = fit  # builds an untrained policy from the same data
+    fresh.policy = None
+    fresh.configure_model()
+    before = fixed_noise_loss(fresh, batch)
+    assert after < 0.75 * before, (before, after)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_lift_dataset, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    data, module = lift_data(tiny_lift_dataset), tiny_module()
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1)
+    trainer(tmp_path, max_steps=3, callbacks=[checkpoints], enable_checkpointing=True).fit(module, datamodule=data)
+    last = tmp_path / "ckpt" / "last.ckpt"
+    digest = hashlib.sha256(last.read_bytes()).hexdigest()
+
+    class PoisonedSet(torch.utils.data.Dataset):
+        """The same samples, with NaN observations (a corrupted sensor stream)."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __len__(self):
+            return len(self.inner)
+
+        def __getitem__(self, index):
+            sample = dict(self.inner[index])
+            sample[STATE] = torch.full_like(sample[STATE], float("nan"))
+            return sample
+
+    data.train_set = PoisonedSet(data.train_set)
+    checkpoints2 = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1)
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint is .*last.ckpt"):
+        trainer(tmp_path, max_steps=6, callbacks=[checkpoints2], enable_checkpointing=True).fit(
+            module, datamodule=data, ckpt_path=str(last))
+    assert hashlib.sha256(last.read_bytes()).hexdigest() == digest
+
+
+def test_export_and_checkpoint_load_the_same_policy(tiny_lift_dataset, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    data, module = lift_data(tiny_lift_dataset), tiny_module(export_dir=str(tmp_path / "export"))
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer(tmp_path, max_steps=4, callbacks=[ckpt], enable_checkpointing=True).fit(module, datamodule=data)
+    from_folder = load_policy(tmp_path / "export")
+    from_ckpt = load_policy(tmp_path / "ckpt" / "last.ckpt")
+    sample = data.train_set[10]
+    actions = []
+    for policy, pre, post in (from_folder, from_ckpt):
+        batch = pre({k: v[None] for k, v in sample.items() if k.startswith("observation.")})
+        noise = policy.sample_noise(1, generator=torch.Generator().manual_seed(0))
+        cond = policy.decode_latent(policy.encode_latent(batch).mu)
+        actions.append(post(policy.generate(cond, noise=noise)))
+    torch.testing.assert_close(actions[0], actions[1])
+    with pytest.raises(FileNotFoundError, match="lightning fit -c conf/pretrain.yaml"):
+        load_policy(tmp_path / "nope")
+
+
+def test_cli_smoke_run_records_an_mlflow_run(tiny_lift_dataset, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    overlay = tmp_path / "smoke.yaml"
+    overlay.write_text(textwrap.dedent(f"""\
+        trainer:
+          max_epochs: 2
+          limit_train_batches: 2
+          log_every_n_steps: 1
+          limit_val_batches: 1
+          check_val_every_n_epoch: 1
+          default_root_dir: {tmp_path / 'run'}
+          callbacks:
+            - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+              init_args:
+                dirpath: {tmp_path / 'run' / 'checkpoints'}
+                save_last: true
+            - class_path: zprl.evaluation_callback.RolloutEvalCallback
+              init_args:
+                task: lift
+                every_n_epochs: 1
+                num_episodes: 1
+                max_episode_steps: 8
+        model:
+          init_args:
+            z_dim: 4
+            n_action_steps: 4
+            policy_overrides: {TINY_POLICY}
+        data:
+          init_args:
+            hdf5_path: {tiny_lift_dataset / 'demo.hdf5'}
+            horizon: 8
+            batch_size: 16
+            num_workers: 0
+            val_fraction: 0.2
+        """))
+    command = [sys.executable, "-c", "import sys; from zprl.cli import lightning_main; lightning_main(sys.argv[1:])",
+               "fit", "-c", "conf/pretrain.yaml", "-c", str(overlay), f"--trainer.logger.init_args.tracking_uri={uri}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["zprl-pretrain"], output_format="list")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert {"train/loss", "train/imitation_loss", "train/kl_loss", "val/loss", "eval/success_rate"} <= set(run.data.metrics)
+    assert run.data.params["model.init_args.head"] == "diffusion"
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "policy"} <= artifacts
+    assert any(a.startswith("last") for a in artifacts)
+    policy_files = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "policy")}
+    assert "policy/model.safetensors" in policy_files and "policy/config.json" in policy_files
+    assert np.isfinite(run.data.metrics["train/loss"])
