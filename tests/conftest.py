@@ -23,3 +23,25 @@ def tiny_lift_dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "lift_tiny"
     generate_dataset("lift", 6, out, seed=0, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_reach_policy(tmp_path_factory):
+    """A tiny flow-head ZPRL policy pretrained briefly on biased PointReach demos (LeRobot export folder)."""
+    import lightning as L
+
+    from zprl.data.datamodule import LeRobotDataModule
+    from zprl.data.reach_demos import generate_reach_dataset
+    from zprl.pretrain import PretrainModule
+
+    root = tmp_path_factory.mktemp("reach")
+    generate_reach_dataset(40, root / "data", bias=(0.1, 0.0))
+    L.seed_everything(0)
+    data = LeRobotDataModule(repo_id="zprl/reach_biased", root=str(root / "data"), task="reach", n_obs_steps=2,
+                             horizon=8, batch_size=64, val_fraction=0.0)
+    module = PretrainModule(head="flow", z_dim=4, beta=1e-2, n_action_steps=4, lr=3e-3, warmup_steps=10,
+                            policy_overrides={"down_dims": [16, 32], "vib_hidden_dim": 32, "flow_num_steps": 3},
+                            export_dir=str(root / "policy"))
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
+              enable_model_summary=False, max_steps=40).fit(module, datamodule=data)
+    return root / "policy"

@@ -7,24 +7,28 @@ import json
 import sys
 
 import torch
+from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 
 from zprl.tracking import MLflowSaveConfigCallback
 
 
 class ZPRLLightningCLI(LightningCLI):
-    """LightningCLI in subclass mode with omegaconf parsing, so configs may use ``${...}`` interpolation."""
+    """LightningCLI in subclass mode with ``omegaconf+`` parsing: ``${...}`` interpolation is resolved on the
+    merged config (all ``-c`` files and command-line overrides), so overlays and overrides propagate."""
 
 
 def lightning_main(args: list[str] | None = None) -> None:
     """``lightning fit -c conf/pretrain.yaml`` / ``lightning fit -c conf/zprl_online.yaml``."""
     torch.set_float32_matmul_precision("high")
+    # Interpolations like ${model.init_args.task} are written relative to the subcommand's config.
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     ZPRLLightningCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_callback=MLflowSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "omegaconf"},
+        parser_kwargs={"parser_mode": "omegaconf+"},
         args=args,
         auto_configure_optimizers=False,
     )
@@ -59,7 +63,8 @@ def _evaluate(ns: argparse.Namespace) -> None:
 def _compare(ns: argparse.Namespace) -> None:
     from zprl.online.compare import run_comparison
 
-    run_comparison(ns.configs, seeds=ns.seeds, task=ns.task, experiment=ns.experiment, overrides=ns.override)
+    run_comparison(ns.methods, base=ns.base, seeds=ns.seeds, task=ns.task, experiment=ns.experiment,
+                   overrides=ns.override, output_dir=ns.output_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,18 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--video-dir", default=None)
     ev.set_defaults(func=_evaluate)
 
-    cmp = sub.add_parser("compare", help="methods x seeds online RL comparison tracked in MLflow")
-    cmp.add_argument("configs", nargs="+", help="online configs, e.g. conf/zprl_online.yaml conf/action_residual.yaml")
+    cmp = sub.add_parser("compare", help="methods x seeds online RL comparison tracked in MLflow",
+                         epilog="LightningCLI overrides for every run go after `--`, e.g. "
+                                "`zprl compare conf/methods/*.yaml -- --model.init_args.total_env_steps=20000`.")
+    cmp.add_argument("methods", nargs="+", help="method overlays, e.g. conf/methods/zprl.yaml conf/methods/action_residual.yaml")
+    cmp.add_argument("--base", default="conf/zprl_online.yaml", help="online config the overlays apply to")
     cmp.add_argument("--task", default=None, help="override the configs' task")
     cmp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     cmp.add_argument("--experiment", default="zprl-compare")
-    cmp.add_argument("--override", nargs="*", default=[], help="extra LightningCLI args, e.g. --trainer.max_steps=2")
+    cmp.add_argument("--output-dir", default="outputs/compare", help="run folders (checkpoints) go here")
     cmp.set_defaults(func=_compare)
     return parser
 
 
 def zprl_main(argv: list[str] | None = None) -> None:
-    ns = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = argv.index("--") if "--" in argv else len(argv)  # LightningCLI overrides for `compare`
+    ns = build_parser().parse_args(argv[:split])
+    ns.override = argv[split + 1:]
     ns.func(ns)
 
 

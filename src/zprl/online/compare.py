@@ -8,17 +8,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from zprl.tracking import tracking_uri  # noqa: E402
+from zprl.tracking import tracking_uri
 
 SUCCESS_METRIC = "eval/success_rate"
 SUMMARY_METRICS = ("eval/success_rate", "eval/mean_return", "eval/jerk", "eval/action_delta")
@@ -47,7 +44,7 @@ class MethodCurve:
 
 
 def method_name(config_path: str | Path) -> str:
-    """A method's name: ``model.init_args.method_name`` of its config, else the file stem."""
+    """A method's name: ``model.init_args.method_name`` of its overlay, else the file stem."""
     config = OmegaConf.load(config_path)
     return str(OmegaConf.select(config, "model.init_args.method_name", default=None) or Path(config_path).stem)
 
@@ -89,7 +86,7 @@ def summary_table(client: MlflowClient, curves: list[MethodCurve], runs: dict[st
 
 def plot_success(curves: list[MethodCurve], title: str, path: Path) -> Path:
     """Success rate vs env steps: seed mean with a ±1 std band per method."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 4.5))  # matplotlib picks a non-interactive backend when headless
     for curve in curves:
         ax.plot(curve.env_steps, curve.mean, marker="o", label=curve.method)
         ax.fill_between(curve.env_steps, np.clip(curve.mean - curve.std, 0, 1),
@@ -103,10 +100,10 @@ def plot_success(curves: list[MethodCurve], title: str, path: Path) -> Path:
     return path
 
 
-def run_one(config: str, seed: int, run_id: str, experiment: str, root_dir: Path, task: str | None,
+def run_one(base: str, method: str, seed: int, run_id: str, experiment: str, root_dir: Path, task: str | None,
             overrides: list[str]) -> None:
-    """One online run in a fresh process (clean simulator and CUDA state), logging into ``run_id``."""
-    args = ["fit", "-c", config, f"--seed_everything={seed}", f"--model.init_args.seed={seed}",
+    """One online run (base config + method overlay) in a fresh process, logging into MLflow run ``run_id``."""
+    args = ["fit", "-c", base, "-c", method, f"--seed_everything={seed}", f"--model.init_args.seed={seed}",
             f"--trainer.default_root_dir={root_dir}",
             f"--trainer.logger.init_args.run_id={run_id}",
             f"--trainer.logger.init_args.experiment_name={experiment}",
@@ -118,13 +115,18 @@ def run_one(config: str, seed: int, run_id: str, experiment: str, root_dir: Path
     subprocess.run(command, check=True)
 
 
-def run_comparison(configs: list[str], seeds: list[int] = (0, 1, 2), task: str | None = None,
-                   experiment: str = "zprl-compare", overrides: list[str] = (),
+def run_comparison(configs: list[str], base: str = "conf/zprl_online.yaml", seeds: list[int] = (0, 1, 2),
+                   task: str | None = None, experiment: str = "zprl-compare", overrides: list[str] = (),
                    output_dir: str | Path = "outputs/compare") -> pd.DataFrame:
-    """Run every config under every seed as child runs of one MLflow parent run; log plot + table there."""
-    for config in configs:
+    """Run every method overlay on ``base`` under every seed as child runs of one MLflow parent run.
+
+    The parent run gets the success-vs-env-steps plot (seed mean and spread per method) and the
+    summary table (final success, steps to 50 % / 80 %, return, jerk) as artifacts.
+    """
+    for config in [base, *configs]:
         if not Path(config).exists():
-            raise FileNotFoundError(f"Online config {config} not found; see conf/*_online.yaml for the methods.")
+            raise FileNotFoundError(f"Config {config} not found; methods live in conf/methods/, the base in "
+                                    f"conf/zprl_online.yaml.")
     mlflow.set_tracking_uri(tracking_uri())
     experiment_id = mlflow.set_experiment(experiment).experiment_id
     client = MlflowClient()
@@ -132,21 +134,21 @@ def run_comparison(configs: list[str], seeds: list[int] = (0, 1, 2), task: str |
     if len(set(names)) != len(names):
         raise ValueError(f"Two configs share a method name ({names}); give each a distinct model.init_args.method_name.")
     with mlflow.start_run(run_name=f"compare-{task or 'configs'}") as parent:
-        mlflow.log_params({"configs": ",".join(configs), "seeds": ",".join(map(str, seeds)), "task": task or "from config"})
+        mlflow.log_params({"base": base, "methods": ",".join(configs), "seeds": ",".join(map(str, seeds)), "task": task or "from config"})
         runs: dict[str, list[str]] = {}
         for config, name in zip(configs, names):
             for seed in seeds:
+                root_dir = Path(output_dir) / parent.info.run_id / f"{name}_seed{seed}"
                 child = client.create_run(experiment_id, run_name=f"{name}-seed{seed}",
                                           tags={"mlflow.parentRunId": parent.info.run_id, "method": name,
-                                                "seed": str(seed)})
-                run_one(config, seed, child.info.run_id, experiment,
-                        Path(output_dir) / parent.info.run_id / f"{name}_seed{seed}", task, list(overrides))
+                                                "seed": str(seed), "root_dir": str(root_dir.resolve())})
+                run_one(base, config, seed, child.info.run_id, experiment, root_dir, task, list(overrides))
                 runs.setdefault(name, []).append(child.info.run_id)
         curves = [method_curve(client, name, runs[name]) for name in names]
         table = summary_table(client, curves, runs)
         with tempfile.TemporaryDirectory() as tmp:
-            plot = plot_success(curves, f"{task or 'task'}: success vs env steps ({len(seeds)} seeds)",
-                                Path(tmp) / "success_vs_env_steps.png")
+            plot_success(curves, f"{task or 'task'}: success vs env steps ({len(seeds)} seeds)",
+                         Path(tmp) / "success_vs_env_steps.png")
             table.to_csv(Path(tmp) / "summary.csv", index=False)
             (Path(tmp) / "summary.md").write_text(table.to_markdown(index=False, floatfmt=".3f"))
             mlflow.log_artifacts(tmp)

@@ -1,0 +1,65 @@
+"""Latent-space analysis of a ZPRL run: bottleneck latents visited by base and steered rollouts."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from zprl.envs import make_vector_env
+from zprl.evaluation import Evaluator
+from zprl.online.collector import SteeredAgent, SteeredRolloutPolicy
+from zprl.online.steering import LatentSteering
+
+
+class RecordingLatentSteering(LatentSteering):
+    """Latent steering that also records every latent it decodes (z' = mu + lambda * u)."""
+
+    def __init__(self, scale: float):
+        super().__init__(scale)
+        self.latents: list[np.ndarray] = []
+
+    @torch.no_grad()
+    def act(self, policy, ctx, u):
+        self.latents.append(self.steered_latent(ctx, u).float().cpu().numpy())
+        return super().act(policy, ctx, u)
+
+
+def rollout_latents(module, num_episodes: int = 10, num_envs: int = 2, seed: int = 200_000) -> dict[str, np.ndarray]:
+    """Latents decoded during ``num_episodes`` base rollouts (u = 0) and steered rollouts (actor mean).
+
+    ``module`` is a trained ``OnlineRLModule`` with latent steering (e.g. from ``load_from_checkpoint``).
+    Returns ``{"base": (N, z_dim), "steered": (M, z_dim), "base_success": float, "steered_success": float}``.
+    """
+    if not isinstance(module.steering, LatentSteering):
+        raise ValueError(f"Latent analysis needs a latent-steering run, got steering={module.hparams.steering!r}.")
+    envs = make_vector_env(module.hparams.task, num_envs, asynchronous=False,
+                           max_episode_steps=module.hparams.max_episode_steps)
+    out = {}
+    try:
+        for name, actor in (("base", _ZeroActor(module.action_dim)), ("steered", module.sac.actor)):
+            steering = RecordingLatentSteering(module.steering.scale)
+            policy = SteeredRolloutPolicy(SteeredAgent(*module.frozen, steering, num_envs, seed=seed), actor)
+            result = Evaluator(envs, num_episodes, seed=seed, progress=False).evaluate(policy)
+            out[name] = np.concatenate(steering.latents)
+            out[f"{name}_success"] = result.success_rate
+    finally:
+        envs.close()
+    return out
+
+
+class _ZeroActor:
+    """An actor whose deterministic action is always 0 (the residual of the base policy)."""
+
+    def __init__(self, action_dim: int):
+        self.action_dim = action_dim
+
+    def deterministic(self, rl_obs: torch.Tensor) -> torch.Tensor:
+        return rl_obs.new_zeros(len(rl_obs), self.action_dim)
+
+
+def pca_2d(*arrays: np.ndarray) -> list[np.ndarray]:
+    """Project several (N_i, D) arrays onto the first two principal components of their union."""
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=2).fit(np.concatenate(arrays))
+    return [pca.transform(a) for a in arrays]

@@ -1,0 +1,87 @@
+"""`zprl compare` end to end on PointReach (real subprocess runs, real MLflow store) and the notebook on it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from zprl.cli import zprl_main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_BUDGET = [
+    "--model.init_args.task=reach", "--model.init_args.num_envs=2", "--model.init_args.asynchronous=false",
+    "--model.init_args.total_env_steps=240", "--model.init_args.env_steps_per_iter=120",
+    "--model.init_args.warmup_env_steps=120", "--model.init_args.eval_every_env_steps=120",
+    "--model.init_args.eval_episodes=4", "--model.init_args.buffer_capacity=1000",
+    "--model.init_args.sac.batch_size=16", "--model.init_args.sac.hidden_dims=[32, 32]",
+]
+
+
+@pytest.fixture(scope="module")
+def comparison(tiny_reach_policy, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compare")
+    uri = f"sqlite:///{tmp / 'mlruns.db'}"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        zprl_main(["compare", str(ROOT / "conf/methods/zprl.yaml"), str(ROOT / "conf/methods/base_policy.yaml"),
+                   "--base", str(ROOT / "conf/zprl_online.yaml"), "--seeds", "0", "1", "--experiment", "tiny-compare",
+                   "--output-dir", str(tmp / "runs"), "--", f"--model.init_args.policy_path={tiny_reach_policy}",
+                   *TINY_BUDGET])
+        yield uri, tmp
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+def test_compare_logs_parent_child_runs_plot_and_table(comparison):
+    uri, _ = comparison
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tiny-compare")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 4
+    assert {(c.data.tags["method"], c.data.tags["seed"]) for c in children} == {
+        ("zprl", "0"), ("zprl", "1"), ("base_policy", "0"), ("base_policy", "1")}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "eval/success_rate")]
+        assert steps == [0, 120, 240]  # evaluation against env steps, at start, periodically and at the end
+        assert "eval/jerk" in child.data.metrics
+    zprl_child = next(c for c in children if c.data.tags["method"] == "zprl")
+    assert "train/critic_loss" in zprl_child.data.metrics or any(k.startswith("train/") for k in zprl_child.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"success_vs_env_steps.png", "summary.csv", "summary.md"} <= artifacts
+    table = (Path(client.download_artifacts(parents[0].info.run_id, "summary.csv"))).read_text()
+    assert table.splitlines()[0].startswith("method,seeds,final_success_mean,final_success_std,steps_to_50,steps_to_80")
+    assert "zprl,2," in table and "base_policy,2," in table
+
+
+def test_notebook_reproduces_the_comparison(comparison, tmp_path):
+    uri, _ = comparison
+    notebook = nbformat.read(ROOT / "notebooks/compare_methods.ipynb", as_version=4)
+    env = {"MLFLOW_TRACKING_URI": uri, "ZPRL_COMPARE_EXPERIMENT": "tiny-compare", "ZPRL_LATENT_EPISODES": "2"}
+    previous = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(notebook, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key)
+            else:
+                os.environ[key] = value
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 2  # success curves and the latent PCA
+    assert (tmp_path / "success_vs_env_steps.png").exists()
