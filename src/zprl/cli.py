@@ -45,7 +45,7 @@ def _data_generate(ns: argparse.Namespace) -> None:
 def _evaluate(ns: argparse.Namespace) -> None:
     from zprl.envs import make_vector_env
     from zprl.evaluation import Evaluator
-    from zprl.policy_io import load_policy, policy_cameras
+    from zprl.policy_io import check_policy_matches_env, load_policy, policy_cameras
     from zprl.rollout import LeRobotRolloutPolicy
 
     policy, pre, post = load_policy(ns.policy, device=ns.device)
@@ -53,6 +53,7 @@ def _evaluate(ns: argparse.Namespace) -> None:
     envs = make_vector_env(ns.task, ns.num_envs, camera_names=cameras, camera_size=size,
                            render_mode="rgb_array" if ns.video_dir else None)
     try:
+        check_policy_matches_env(policy.config, envs.single_observation_space, envs.single_action_space)
         result = Evaluator(envs, ns.episodes, seed=ns.seed, video_dir=ns.video_dir).evaluate(
             LeRobotRolloutPolicy(policy, pre, post, ns.device))
     finally:

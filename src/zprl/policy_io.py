@@ -69,3 +69,22 @@ def policy_cameras(config) -> tuple[tuple[str, ...], int]:
     cameras = tuple(key.removeprefix(IMAGE_PREFIX) for key in config.image_features)
     size = next(iter(config.image_features.values())).shape[-1] if cameras else 84
     return cameras, size
+
+
+def check_policy_matches_env(config, observation_space, action_space) -> None:
+    """Raise a clear error when a policy's input/action shapes do not fit an env (wrong task or cameras)."""
+    from zprl.data.schema import IMAGE_PREFIX
+
+    for key, feature in config.input_features.items():
+        if key not in observation_space.spaces:
+            raise ValueError(f"The policy expects observation {key!r}, which the env does not provide (it has "
+                             f"{sorted(observation_space.spaces)}). Use the task / cameras the policy was trained on.")
+        env_shape = observation_space[key].shape
+        if key.startswith(IMAGE_PREFIX):
+            env_shape = (env_shape[-1], *env_shape[:-1])  # env images are HxWx3, policy features 3xHxW
+        if tuple(env_shape) != tuple(feature.shape):
+            raise ValueError(f"Shape mismatch for {key!r}: policy {tuple(feature.shape)} vs env {tuple(env_shape)}. "
+                             "The policy was trained on another task or camera size.")
+    if tuple(action_space.shape[-1:]) != tuple(config.action_feature.shape):
+        raise ValueError(f"Action size mismatch: policy {config.action_feature.shape[0]} vs env "
+                         f"{action_space.shape[-1]}. Use the task the policy was trained on.")

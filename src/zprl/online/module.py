@@ -17,7 +17,7 @@ from zprl.online.collector import ChunkCollector, SteeredAgent, SteeredRolloutPo
 from zprl.online.replay_buffer import ReplayBuffer
 from zprl.online.sac import SAC, SACConfig
 from zprl.online.steering import make_steering
-from zprl.policy_io import load_policy
+from zprl.policy_io import check_policy_matches_env, load_policy
 
 CHECKPOINT_KEY = "zprl_online"
 EVAL_SEED_OFFSET = 100_000  # evaluation episodes use seeds disjoint from the training resets
@@ -132,6 +132,8 @@ class OnlineRLModule(L.LightningModule):
                       "camera_size": next(iter(images.values())).shape[-1] if images else 84,
                       "max_episode_steps": hp.max_episode_steps, "asynchronous": hp.asynchronous}
         self.envs = make_vector_env(hp.task, hp.num_envs, **env_kwargs)
+        check_policy_matches_env(self.frozen.policy.config, self.envs.single_observation_space,
+                                 self.envs.single_action_space)
         self.eval_envs = make_vector_env(hp.task, hp.eval_num_envs or hp.num_envs, **env_kwargs)
         agent = SteeredAgent(*self.frozen, self.steering, hp.num_envs, seed=hp.seed)
         self.collector = ChunkCollector(self.envs, agent, self.sac_config.gamma, seed=hp.seed,
