@@ -40,7 +40,7 @@ def main() -> None:
 
     start = time.time()
     if not args.skip_training:
-        command = [sys.executable, "-c", "import sys; from zprl.cli import lightning_main; lightning_main(sys.argv[1:])",
+        command = [sys.executable, "-c", "from zprl.cli import lightning_main; lightning_main()",
                    "fit", "-c", "conf/pretrain.yaml", "-c", "benchmarks/pretrain_quality.yaml",
                    f"--data.init_args.hdf5_path={args.data}/demo.hdf5", f"--trainer.default_root_dir={out}",
                    f"--trainer.logger.init_args.run_name=bench_{args.task}", *args.extra]

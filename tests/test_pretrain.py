@@ -145,7 +145,7 @@ def test_cli_smoke_run_records_an_mlflow_run(tiny_lift_dataset, tmp_path):
             num_workers: 0
             val_fraction: 0.2
         """))
-    command = [sys.executable, "-c", "import sys; from zprl.cli import lightning_main; lightning_main(sys.argv[1:])",
+    command = [sys.executable, "-c", "from zprl.cli import lightning_main; lightning_main()",
                "fit", "-c", "conf/pretrain.yaml", "-c", str(overlay), f"--trainer.logger.init_args.tracking_uri={uri}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -75,6 +75,7 @@ class PretrainModule(L.LightningModule):
                     **(hp.policy_overrides or {}))
 
     def configure_model(self) -> None:
+        """Build the policy and processors on this rank's device (Lightning sets ``self.device`` first)."""
         if self.policy is not None:
             return
         datamodule = self.trainer.datamodule
@@ -88,17 +89,7 @@ class PretrainModule(L.LightningModule):
 
     # -- training -----------------------------------------------------------------------------------
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        self.preprocessor_to_device()
-        loss, info = self.policy.forward(self.preprocessor(batch))
-        return loss, info
-
-    def preprocessor_to_device(self) -> None:
-        """Keep the processors' device step on the module's device (DDP ranks, GPU, CPU alike)."""
-        if str(self.policy.config.device) != str(self.device):
-            self.policy.config.device = str(self.device)
-            for step in self.preprocessor.steps:
-                if hasattr(step, "device"):
-                    step.device = str(self.device)
+        return self.policy.forward(self.preprocessor(batch))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, info = self._loss(batch)
@@ -131,7 +122,6 @@ class PretrainModule(L.LightningModule):
     def rollout_policy(self) -> LeRobotRolloutPolicy:
         """The current policy as a RolloutPolicy for the evaluator (eval mode, mean latent)."""
         self.policy.eval()
-        self.preprocessor_to_device()
         return LeRobotRolloutPolicy(self.policy, self.preprocessor, self.postprocessor, self.device)
 
     def export_policy(self, out_dir: str | Path) -> Path:

@@ -110,7 +110,7 @@ def run_one(base: str, method: str, seed: int, run_id: str, experiment: str, roo
             f"--trainer.logger.init_args.tracking_uri={tracking_uri()}"]
     if task:
         args.append(f"--model.init_args.task={task}")
-    command = [sys.executable, "-c", "import sys; from zprl.cli import lightning_main; lightning_main(sys.argv[1:])",
+    command = [sys.executable, "-c", "from zprl.cli import lightning_main; lightning_main()",
                *args, *overrides]
     subprocess.run(command, check=True)
 
