@@ -38,8 +38,8 @@ def tiny_reach_policy(tmp_path_factory):
     generate_reach_dataset(40, root / "data", bias=(0.1, 0.0))
     L.seed_everything(0)
     data = LeRobotDataModule(repo_id="zprl/reach_biased", root=str(root / "data"), task="reach", n_obs_steps=2,
-                             horizon=8, batch_size=64, val_fraction=0.0)
-    module = PretrainModule(head="flow", z_dim=4, beta=1e-2, n_action_steps=4, lr=3e-3, warmup_steps=10,
+                             horizon=8, batch_size=64, val_fraction=0.0, cache_in_memory=True)
+    module = PretrainModule(head="flow", z_dim=4, beta=1e-4, n_action_steps=4, lr=3e-3, warmup_steps=10,
                             policy_overrides={"down_dims": [16, 32], "vib_hidden_dim": 32, "flow_num_steps": 3},
                             export_dir=str(root / "policy"))
     L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,

@@ -44,6 +44,17 @@ def test_same_episodes_give_equal_batches(tiny_lift_dataset):
     assert batch[STATE].shape == (16, N_OBS, 9) and batch["action_is_pad"].dtype == torch.bool
 
 
+def test_lerobot_memory_cache_serves_identical_samples(tiny_lift_dataset):
+    kwargs = dict(repo_id="zprl/lift_tiny", root=str(tiny_lift_dataset / "lerobot"), n_obs_steps=N_OBS,
+                  horizon=HORIZON, val_fraction=0.0)
+    plain, cached = LeRobotDataModule(**kwargs), LeRobotDataModule(cache_in_memory=True, **kwargs)
+    plain.setup("fit")
+    cached.setup("fit")
+    for index in (0, 7, len(plain.train_set) - 1):
+        for key, value in plain.train_set[index].items():
+            torch.testing.assert_close(cached.train_set[index][key], value, rtol=0, atol=0)
+
+
 def test_filter_keys_select_tiers(tiny_lift_dataset):
     with h5py.File(tiny_lift_dataset / "demo.hdf5", "r") as f:
         expert = {d.decode() for d in f["mask/expert"][:]}

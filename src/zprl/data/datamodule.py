@@ -103,15 +103,16 @@ class LeRobotDataModule(PolicyDataModule):
     """A LeRobot dataset: a hub ``repo_id`` (e.g. ``lerobot/pusht``) or a local ``root``.
 
     ``task`` names the zprl simulator used for rollout evaluation (``lift``, ``pusht``...), since
-    LeRobot metadata carries no robomimic env args.
+    LeRobot metadata carries no robomimic env args. ``cache_in_memory`` keeps decoded samples in RAM
+    (for small low-dim datasets).
     """
 
     def __init__(self, repo_id: str = "zprl/lift_mh", root: str | None = "data/lift_mh/lerobot",
                  state_key: str = "observation.state", env_state_key: str | None = "observation.environment_state",
                  image_keys: list[str] = (), quality_filter: str | None = None, task: str | None = "lift",
-                 video_backend: str | None = "pyav", **kwargs):
+                 video_backend: str | None = "pyav", cache_in_memory: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.repo_id, self.root = repo_id, root
+        self.repo_id, self.root, self.cache_in_memory = repo_id, root, cache_in_memory
         self.state_key, self.env_state_key, self.image_keys = state_key, env_state_key, list(image_keys)
         self.quality_filter, self.task, self.video_backend = quality_filter, task, video_backend
 
@@ -128,4 +129,4 @@ class LeRobotDataModule(PolicyDataModule):
         return LeRobotPolicyDataset(self.repo_id, self.n_obs_steps, self.horizon, root=self.root,
                                     state_key=self.state_key, env_state_key=self.env_state_key,
                                     image_keys=self.image_keys, episodes=episodes, task=self.task,
-                                    video_backend=self.video_backend)
+                                    video_backend=self.video_backend, cache_in_memory=self.cache_in_memory)

@@ -37,12 +37,14 @@ class LeRobotPolicyDataset(Dataset):
     renamed ``observation.images.<last name part>`` (``observation.image`` -> ``observation.images.image``).
     ``quality_filter`` (e.g. ``"expert+noisy"``) keeps episodes by the ``quality_tier`` column that
     zprl's generator writes. History and chunks use LeRobot's own ``delta_timestamps``.
+    ``cache_in_memory`` reads every sample once and serves later epochs from memory (LeRobot's
+    per-sample window queries dominate the step time of small low-dim policies).
     """
 
     def __init__(self, repo_id: str, n_obs_steps: int, horizon: int, root: str | Path | None = None,
                  state_key: str = STATE, env_state_key: str | None = ENV_STATE, image_keys: list[str] = (),
                  episodes: list[int] | None = None, quality_filter: str | None = None, task: str | None = None,
-                 video_backend: str | None = "pyav"):
+                 video_backend: str | None = "pyav", cache_in_memory: bool = False):
         if horizon < n_obs_steps:
             raise ValueError(f"horizon ({horizon}) must be >= n_obs_steps ({n_obs_steps}).")
         self.repo_id, self.root = repo_id, root
@@ -64,6 +66,7 @@ class LeRobotPolicyDataset(Dataset):
         self.key_map = {state_key: STATE, **({env_state_key: ENV_STATE} if env_state_key else {}),
                         **{k: IMAGE_PREFIX + k.split(".")[-1] for k in image_keys}}
         self.fps, self.task = fps, task
+        self.cache = [self._read(i) for i in range(len(self.dataset))] if cache_in_memory else None
 
     @staticmethod
     def _episodes_for_quality(dataset: LeRobotDataset, quality_filter: str | None) -> list[int] | None:
@@ -84,6 +87,9 @@ class LeRobotPolicyDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.cache[index] if self.cache is not None else self._read(index)
+
+    def _read(self, index: int) -> dict[str, torch.Tensor]:
         item = self.dataset[index]
         sample = {new: item[old].float() for old, new in self.key_map.items()}
         sample[ACTION] = item[ACTION].float()
