@@ -2,9 +2,10 @@
 
 Pretrains with ``lightning fit -c conf/pretrain.yaml -c benchmarks/pretrain_quality.yaml`` on a
 generated dataset, then evaluates the exported policy on ``--episodes`` fresh seeds and prints the
-success rate as a ratio to the bar (0.60 on Lift). Example:
+success rate as a ratio to the bar (0.60 on Lift). Other arguments go to LightningCLI. Example:
 
-    OMP_NUM_THREADS=1 uv run python benchmarks/pretrain_quality.py --task lift --data data/lift_mh
+    OMP_NUM_THREADS=1 uv run python benchmarks/pretrain_quality.py --task lift --data data/lift_mh \
+        --data.init_args.filter_key=expert+noisy --trainer.max_steps=8000
 """
 
 from __future__ import annotations
@@ -34,8 +35,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--num-envs", type=int, default=2)
     parser.add_argument("--skip-training", action="store_true", help="evaluate an existing <out>/policy")
-    parser.add_argument("--extra", nargs="*", default=[], help="more LightningCLI args")
-    args = parser.parse_args()
+    args, lightning_overrides = parser.parse_known_args()  # anything else goes to LightningCLI
     out = Path(args.out or f"outputs/bench/pretrain_{args.task}")
 
     start = time.time()
@@ -43,7 +43,7 @@ def main() -> None:
         command = [sys.executable, "-c", "from zprl.cli import lightning_main; lightning_main()",
                    "fit", "-c", "conf/pretrain.yaml", "-c", "benchmarks/pretrain_quality.yaml",
                    f"--data.init_args.hdf5_path={args.data}/demo.hdf5", f"--trainer.default_root_dir={out}",
-                   f"--trainer.logger.init_args.run_name=bench_{args.task}", *args.extra]
+                   f"--trainer.logger.init_args.run_name=bench_{args.task}", *lightning_overrides]
         subprocess.run(command, check=True)
     train_seconds = time.time() - start
 
