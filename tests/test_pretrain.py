@@ -128,7 +128,7 @@ def test_cli_smoke_run_records_an_mlflow_run(tiny_lift_dataset, tmp_path):
                 save_last: true
             - class_path: zprl.evaluation_callback.RolloutEvalCallback
               init_args:
-                task: lift
+                task: null
                 every_n_epochs: 1
                 num_episodes: 1
                 max_episode_steps: 8

@@ -16,6 +16,9 @@ from zprl.evaluation import EvalResult, Evaluator
 class RolloutEvalCallback(pl.Callback):
     """Every ``every_n_epochs`` epochs and after the last one, roll out ``pl_module.rollout_policy()``.
 
+    With ``task=None`` the env comes from the training data: the DataModule's ``spec`` gives the task,
+    the robomimic ``env_args`` stored in the dataset and its cameras, so rollouts match the demos.
+
     Runs on global rank zero only, in eval mode without gradients, and logs ``eval/success_rate``,
     ``eval/mean_return``, ``eval/mean_length``, ``eval/jerk``, ... through ``pl_module.log_dict`` (so any
     Lightning logger, MLflow included, records them). The vector env is built once, on first use, and
@@ -24,7 +27,7 @@ class RolloutEvalCallback(pl.Callback):
     ``<default_root_dir>/eval_videos/epoch_<n>/`` and uploaded as an artifact to MLflow loggers.
     """
 
-    def __init__(self, task: str, every_n_epochs: int = 10, num_episodes: int = 10, num_envs: int = 1,
+    def __init__(self, task: str | None = None, every_n_epochs: int = 10, num_episodes: int = 10, num_envs: int = 1,
                  seed: int = 0, video: bool = False, camera_names: tuple[str, ...] | list[str] = (),
                  camera_size: int = 84, max_episode_steps: int | None = None, progress: bool = False):
         if every_n_epochs < 1:
@@ -62,9 +65,9 @@ class RolloutEvalCallback(pl.Callback):
             raise TypeError(f"{type(pl_module).__name__} has no rollout_policy() method; RolloutEvalCallback needs "
                             "one that returns a zprl.evaluation.RolloutPolicy.")
         if self.envs is None:
-            self.envs = make_vector_env(self.task, num_envs=self.num_envs, camera_names=self.camera_names,
-                                        camera_size=self.camera_size, max_episode_steps=self.max_episode_steps,
-                                        render_mode="rgb_array" if self.video else None)
+            self.envs = make_vector_env(num_envs=self.num_envs, max_episode_steps=self.max_episode_steps,
+                                        render_mode="rgb_array" if self.video else None,
+                                        **self._env_source(pl_module))
         evaluator = Evaluator(self.envs, self.num_episodes, seed=self.seed, progress=self.progress, video_dir=video_dir)
         was_training = pl_module.training
         pl_module.eval()
@@ -73,6 +76,17 @@ class RolloutEvalCallback(pl.Callback):
                 return evaluator.evaluate(pl_module.rollout_policy())
         finally:
             pl_module.train(was_training)
+
+    def _env_source(self, pl_module: pl.LightningModule) -> dict:
+        """Task, env metadata and cameras: given explicitly, or read from the DataModule's dataset spec."""
+        if self.task is not None:
+            return {"task": self.task, "camera_names": self.camera_names, "camera_size": self.camera_size}
+        spec = getattr(pl_module.trainer.datamodule, "spec", None)
+        if spec is None or (spec.task is None and spec.env_meta is None):
+            raise ValueError("RolloutEvalCallback(task=None) needs a DataModule whose spec names the task "
+                             "(robomimic env_args or LeRobotDataModule(task=...)); or set `task` explicitly.")
+        return {"task": spec.task, "env_meta": spec.env_meta, "camera_names": self.camera_names or spec.camera_names,
+                "camera_size": spec.image_shape[-1] if spec.camera_names else self.camera_size}
 
     def _video_dir(self, trainer: pl.Trainer, epoch: int) -> str | None:
         if not self.video:
