@@ -57,7 +57,7 @@ class PretrainModule(L.LightningModule):
         export_dir: where the LeRobot-format policy is written (default: <default_root_dir>/policy).
     """
 
-    def __init__(self, head: str = "diffusion", bottleneck: bool = True, z_dim: int = 16, beta: float = 1e-3,
+    def __init__(self, head: str = "diffusion", bottleneck: bool = True, z_dim: int = 16, beta: float = 1e-4,
                  beta_warmup_steps: int = 0, n_action_steps: int = 8, policy_overrides: dict | None = None,
                  lr: float = 1e-4, weight_decay: float = 1e-6, warmup_steps: int = 500, export_dir: str | None = None):
         super().__init__()

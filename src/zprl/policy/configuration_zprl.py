@@ -61,7 +61,7 @@ class ZPRLConfig(DiffusionConfig):
     bottleneck: bool = True
     z_dim: int = 16
     vib_hidden_dim: int = 256
-    beta: float = 1e-3
+    beta: float = 1e-4
     beta_warmup_steps: int = 0
     flow_num_steps: int = 10
     vision_backbone_timm: str | None = None
