@@ -6,12 +6,15 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from pathlib import Path
+
 import pytest
 import torch
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)  # 2-core CI: OpenMP spinning across busy cores is 10-100x slower
 
 
@@ -27,26 +30,18 @@ def tiny_lift_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_reach_policy(tmp_path_factory):
-    """A tiny flow-head ZPRL policy pretrained on PointReach demos of an operator aiming 0.1 beside the goal.
+    """The biased PointReach policy of conf/pretrain_reach.yaml (LeRobot export folder), trained once.
 
-    1500 steps (~50 s) are what it takes for the VIB latent to encode the goal (shorter runs leave the
-    posterior at the prior and the policy blind to the goal); the policy then inherits the aiming bias
-    and succeeds in about a third of the episodes. LeRobot export folder.
+    40 demos of an operator aiming 0.1 beside the goal, 1500 steps of a tiny flow-head ZPRL policy (~50 s):
+    its VIB latent encodes the goal and it inherits the bias, succeeding in about a third of the episodes.
     """
-    import lightning as L
-
-    from zprl.data.datamodule import LeRobotDataModule
+    from zprl.cli import lightning_main
     from zprl.data.reach_demos import generate_reach_dataset
-    from zprl.pretrain import PretrainModule
 
     root = tmp_path_factory.mktemp("reach")
     generate_reach_dataset(40, root / "data", bias=(0.1, 0.0))
-    L.seed_everything(0)
-    data = LeRobotDataModule(repo_id="zprl/reach_biased", root=str(root / "data"), task="reach", n_obs_steps=2,
-                             horizon=8, batch_size=64, val_fraction=0.0, cache_in_memory=True)
-    module = PretrainModule(head="flow", z_dim=4, beta=1e-4, n_action_steps=4, lr=3e-3, warmup_steps=10,
-                            policy_overrides={"down_dims": [16, 32], "vib_hidden_dim": 32, "flow_num_steps": 3},
-                            export_dir=str(root / "policy"))
-    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
-              enable_model_summary=False, max_steps=1500).fit(module, datamodule=data)
+    lightning_main(["fit", "-c", str(ROOT / "conf/pretrain_reach.yaml"), "--trainer.logger=false",
+                    "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
+                    f"--trainer.default_root_dir={root}", f"--data.init_args.root={root / 'data'}",
+                    f"--model.init_args.export_dir={root / 'policy'}"])
     return root / "policy"

@@ -186,6 +186,7 @@ class RolloutModule(pl.LightningModule):
         super().__init__()
         self.layer = torch.nn.Linear(1, 1)
         self.policy_modes = []
+        self.rollout_weights = []
 
     def training_step(self, batch, batch_idx):
         return self.layer(batch[0]).pow(2).mean()
@@ -198,6 +199,7 @@ class RolloutModule(pl.LightningModule):
 
     def rollout_policy(self):
         self.policy_modes.append((self.training, torch.is_grad_enabled()))
+        self.rollout_weights.append(self.layer.weight.detach().clone())
         return FirstObsPolicy()
 
 
@@ -214,3 +216,33 @@ def test_callback_logs_eval_metrics(tmp_path):
     assert callback.envs is None  # closed at teardown
     logged = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
     assert "eval/success_rate" in logged and "eval/jerk" in logged
+
+
+class _WeightRecorder(pl.Callback):
+    """Records the module's weight and the EMA callback's averaged one at each epoch end (callbacks run in order)."""
+
+    def __init__(self, ema):
+        self.ema, self.averaged, self.current = ema, [], []
+
+    def on_train_epoch_end(self, trainer, module):
+        self.averaged.append(self.ema._average_model.module.layer.weight.detach().clone())
+        self.current.append(module.layer.weight.detach().clone())
+
+
+def test_callback_rolls_out_the_ema_weights_and_restores_the_trained_ones(tmp_path):
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    module = RolloutModule()
+    ema = EMAWeightAveraging(decay=0.5)
+    before, after = _WeightRecorder(ema), _WeightRecorder(ema)
+    callback = RolloutEvalCallback("reach", every_n_epochs=1, num_episodes=1, max_episode_steps=3)
+    trainer = pl.Trainer(max_epochs=3, callbacks=[ema, before, callback, after], logger=False,
+                         default_root_dir=tmp_path, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(module)
+    assert len(module.rollout_weights) == 3
+    assert not torch.equal(before.averaged[-1], before.current[-1])  # the EMA lags the SGD updates
+    for rolled_out, averaged, trained, restored in zip(module.rollout_weights, before.averaged, before.current,
+                                                       after.current):
+        assert torch.equal(rolled_out, averaged)
+        assert torch.equal(restored, trained)

@@ -1,30 +1,31 @@
-"""Seeded learning test: ZPRL's latent residual corrects a base policy that imitated a biased operator."""
+"""Seeded learning test: ZPRL's latent residual corrects a base policy that imitated a biased operator.
 
-import csv
+Runs what a user runs (``lightning fit -c conf/zprl_online.yaml -c conf/online_reach.yaml -c
+conf/methods/zprl.yaml``) on the biased PointReach policy and reads the evaluations back from MLflow.
+"""
 
-import lightning as L
-import torch
-from lightning.pytorch.loggers import CSVLogger
+from pathlib import Path
 
-from zprl.online.module import OnlineRLModule
+import mlflow
+
+from zprl.cli import lightning_main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_zprl_raises_the_success_of_a_biased_base_policy(tiny_reach_policy, tmp_path):
-    torch.set_num_threads(1)
-    module = OnlineRLModule(
-        policy_path=str(tiny_reach_policy), task="reach", steering="latent", steering_scale=1.0, num_envs=8,
-        asynchronous=False, total_env_steps=3000, env_steps_per_iter=64, utd_ratio=1.0, warmup_env_steps=800,
-        warmup_action="random", buffer_capacity=20_000, eval_every_env_steps=3000, eval_episodes=50, seed=0,
-        sac={"hidden_dims": (64, 64), "batch_size": 128, "init_alpha": 0.02, "actor_lr": 1e-3,
-             "critic_lr": 1e-3, "gamma": 0.97})
-    L.Trainer(max_steps=-1, accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False,
-              enable_checkpointing=False, logger=CSVLogger(tmp_path, name="csv")).fit(module)
+def test_zprl_raises_the_success_of_a_biased_base_policy(tiny_reach_policy, tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    lightning_main(["fit", "-c", str(ROOT / "conf/zprl_online.yaml"), "-c", str(ROOT / "conf/online_reach.yaml"),
+                    "-c", str(ROOT / "conf/methods/zprl.yaml"), f"--model.init_args.policy_path={tiny_reach_policy}",
+                    "--model.init_args.total_env_steps=3000", "--model.init_args.eval_every_env_steps=1000",
+                    f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
 
-    with open(tmp_path / "csv" / "version_0" / "metrics.csv") as f:
-        evals = [(int(float(r["step"])), float(r["eval/success_rate"])) for r in csv.DictReader(f)
-                 if r.get("eval/success_rate")]
-    (first_step, base_success), (last_step, steered_success) = evals[0], evals[-1]
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("zprl-online").experiment_id])
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "eval/success_rate"))
+    (first_step, base_success), (last_step, steered_success) = history[0], history[-1]
     # The step-0 evaluation is the base policy itself: the actor's residual starts at zero.
     assert first_step == 0 and last_step >= 3000
     assert base_success <= 0.5, f"the biased base policy should mostly miss, got {base_success}"
-    assert steered_success >= max(0.8, base_success + 0.4), (base_success, steered_success)
+    assert steered_success >= max(0.8, base_success + 0.4), history

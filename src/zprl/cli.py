@@ -37,6 +37,12 @@ def lightning_main(args: list[str] | None = None) -> None:
 def _data_generate(ns: argparse.Namespace) -> None:
     from zprl.data.generate import generate_dataset
 
+    if ns.task == "reach":
+        from zprl.data.reach_demos import generate_reach_dataset
+
+        root = generate_reach_dataset(ns.demos, ns.out, bias=tuple(ns.bias), seed=ns.seed)
+        print(f"Wrote {ns.demos} biased PointReach demos (LeRobot format) to {root}")
+        return
     report = generate_dataset(ns.task, ns.demos, ns.out, seed=ns.seed, camera_names=tuple(ns.cameras),
                               camera_size=ns.camera_size, overwrite=ns.overwrite)
     print(json.dumps(report, indent=2, default=str))
@@ -74,13 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="demonstration data").add_subparsers(dest="data_command", required=True)
     gen = data.add_parser("generate", help="scripted mixed-quality demos -> robomimic HDF5 + LeRobot dataset")
-    gen.add_argument("--task", default="lift", help="lift | can | square")
+    gen.add_argument("--task", default="lift", help="lift | can | square | reach (a biased PointReach operator)")
     gen.add_argument("--demos", type=int, default=100)
     gen.add_argument("--out", default="data/lift_mh")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--cameras", nargs="*", default=[], help="e.g. agentview robot0_eye_in_hand")
     gen.add_argument("--camera-size", type=int, default=84)
     gen.add_argument("--overwrite", action="store_true")
+    gen.add_argument("--bias", type=float, nargs=2, default=[0.1, 0.0], help="reach only: the operator's aiming offset")
     gen.set_defaults(func=_data_generate)
 
     ev = sub.add_parser("evaluate", help="roll out a pretrained policy (LeRobot folder or .ckpt)")
@@ -97,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog="LightningCLI overrides for every run go after `--`, e.g. "
                                 "`zprl compare conf/methods/*.yaml -- --model.init_args.total_env_steps=20000`.")
     cmp.add_argument("methods", nargs="+", help="method overlays, e.g. conf/methods/zprl.yaml conf/methods/action_residual.yaml")
-    cmp.add_argument("--base", default="conf/zprl_online.yaml", help="online config the overlays apply to")
+    cmp.add_argument("--base", nargs="+", default=["conf/zprl_online.yaml"],
+                     help="online config(s) the method overlays apply to, in order (e.g. a task overlay last)")
     cmp.add_argument("--task", default=None, help="override the configs' task")
     cmp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     cmp.add_argument("--experiment", default="zprl-compare")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -19,7 +22,8 @@ class RolloutEvalCallback(pl.Callback):
     With ``task=None`` the env comes from the training data: the DataModule's ``spec`` gives the task,
     the robomimic ``env_args`` stored in the dataset and its cameras, so rollouts match the demos.
 
-    Runs on global rank zero only, in eval mode without gradients, and logs ``eval/success_rate``,
+    Runs on global rank zero only, in eval mode without gradients, with the averaged weights of any
+    ``WeightAveraging`` callback (e.g. ``EMAWeightAveraging``: the weights that get exported), and logs ``eval/success_rate``,
     ``eval/mean_return``, ``eval/mean_length``, ``eval/jerk``, ... through ``pl_module.log_dict`` (so any
     Lightning logger, MLflow included, records them). The vector env is built once, on first use, and
     closed at teardown; ``camera_names``, ``camera_size`` and ``max_episode_steps`` go to ``make_vector_env``
@@ -72,7 +76,7 @@ class RolloutEvalCallback(pl.Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), averaged_weights(pl_module):
                 return evaluator.evaluate(pl_module.rollout_policy())
         finally:
             pl_module.train(was_training)
@@ -97,6 +101,24 @@ class RolloutEvalCallback(pl.Callback):
         if self.envs is not None:
             self.envs.close()
             self.envs = None
+
+
+@contextmanager
+def averaged_weights(pl_module: pl.LightningModule) -> Iterator[None]:
+    """Swap in the averaged weights of the trainer's ``WeightAveraging`` callbacks (EMA) for the duration.
+
+    Uses the callback's own swap, as Lightning does around validation epochs.
+    """
+    trainer = getattr(pl_module, "_trainer", None)
+    averagers = [cb for cb in (trainer.callbacks if trainer is not None else [])
+                 if isinstance(cb, WeightAveraging) and cb._average_model is not None]
+    for averager in averagers:
+        averager._swap_models(pl_module)
+    try:
+        yield
+    finally:
+        for averager in reversed(averagers):
+            averager._swap_models(pl_module)
 
 
 def _is_last_epoch(trainer: pl.Trainer) -> bool:

@@ -100,10 +100,11 @@ def plot_success(curves: list[MethodCurve], title: str, path: Path) -> Path:
     return path
 
 
-def run_one(base: str, method: str, seed: int, run_id: str, experiment: str, root_dir: Path, task: str | None,
-            overrides: list[str]) -> None:
-    """One online run (base config + method overlay) in a fresh process, logging into MLflow run ``run_id``."""
-    args = ["fit", "-c", base, "-c", method, f"--seed_everything={seed}", f"--model.init_args.seed={seed}",
+def run_one(base: list[str], method: str, seed: int, run_id: str, experiment: str, root_dir: Path,
+            task: str | None, overrides: list[str]) -> None:
+    """One online run (base configs + method overlay) in a fresh process, logging into MLflow run ``run_id``."""
+    configs = [arg for config in [*base, method] for arg in ("-c", config)]
+    args = ["fit", *configs, f"--seed_everything={seed}", f"--model.init_args.seed={seed}",
             f"--trainer.default_root_dir={root_dir}",
             f"--trainer.logger.init_args.run_id={run_id}",
             f"--trainer.logger.init_args.experiment_name={experiment}",
@@ -115,15 +116,19 @@ def run_one(base: str, method: str, seed: int, run_id: str, experiment: str, roo
     subprocess.run(command, check=True)
 
 
-def run_comparison(configs: list[str], base: str = "conf/zprl_online.yaml", seeds: list[int] = (0, 1, 2),
+def run_comparison(configs: list[str], base: str | list[str] = "conf/zprl_online.yaml", seeds: list[int] = (0, 1, 2),
                    task: str | None = None, experiment: str = "zprl-compare", overrides: list[str] = (),
                    output_dir: str | Path = "outputs/compare") -> pd.DataFrame:
     """Run every method overlay on ``base`` under every seed as child runs of one MLflow parent run.
 
+    ``base`` is the online config, or a list of configs applied in order (e.g. the online config and a
+    task overlay); each method overlay and then ``overrides`` go on top.
+
     The parent run gets the success-vs-env-steps plot (seed mean and spread per method) and the
     summary table (final success, steps to 50 % / 80 %, return, jerk) as artifacts.
     """
-    for config in [base, *configs]:
+    base = [base] if isinstance(base, str | Path) else list(base)
+    for config in [*base, *configs]:
         if not Path(config).exists():
             raise FileNotFoundError(f"Config {config} not found; methods live in conf/methods/, the base in "
                                     f"conf/zprl_online.yaml.")
@@ -134,7 +139,7 @@ def run_comparison(configs: list[str], base: str = "conf/zprl_online.yaml", seed
     if len(set(names)) != len(names):
         raise ValueError(f"Two configs share a method name ({names}); give each a distinct model.init_args.method_name.")
     with mlflow.start_run(run_name=f"compare-{task or 'configs'}") as parent:
-        mlflow.log_params({"base": base, "methods": ",".join(configs), "seeds": ",".join(map(str, seeds)), "task": task or "from config"})
+        mlflow.log_params({"base": ",".join(map(str, base)), "methods": ",".join(configs), "seeds": ",".join(map(str, seeds)), "task": task or "from config"})
         runs: dict[str, list[str]] = {}
         for config, name in zip(configs, names):
             for seed in seeds:

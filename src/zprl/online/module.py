@@ -46,8 +46,9 @@ class OnlineRLModule(L.LightningModule):
         task: zprl task name (``zprl.envs.TASKS``).
         steering: "latent" (ZPRL), "action" (action residual), "noise" (DSRL) or "none" (base policy).
         steering_scale: bound of the perturbation (lambda for latent, lambda_a for action, noise bound).
-        action_schedule_steps: env steps over which the action residual's application probability ramps
-            from 0 to 1 during collection (0: always; only for steering="action").
+        action_schedule_fraction: fraction of ``total_env_steps`` over which the action residual's
+            application probability ramps from 0 to 1 during collection (0: always; only for
+            steering="action"), so the schedule scales with the budget.
         num_envs / asynchronous / max_episode_steps: training vector env (subprocesses when asynchronous).
         total_env_steps: training budget in env steps.
         env_steps_per_iter: env steps collected per training step (at least).
@@ -67,7 +68,7 @@ class OnlineRLModule(L.LightningModule):
         task: str = "pusht",
         steering: Literal["latent", "action", "noise", "none"] = "latent",
         steering_scale: float = 1.0,
-        action_schedule_steps: int = 0,
+        action_schedule_fraction: float = 0.0,
         num_envs: int = 4,
         asynchronous: bool | None = None,
         max_episode_steps: int | None = None,
@@ -97,7 +98,9 @@ class OnlineRLModule(L.LightningModule):
         self.automatic_optimization = False
 
         self.frozen = FrozenPolicy(*load_policy(policy_path))
-        self.steering = make_steering(steering, steering_scale, action_schedule_steps)
+        if not 0.0 <= action_schedule_fraction <= 1.0:
+            raise ValueError(f"action_schedule_fraction must be in [0, 1], got {action_schedule_fraction}.")
+        self.steering = make_steering(steering, steering_scale, round(action_schedule_fraction * total_env_steps))
         self.obs_dim = self.steering.rl_obs_dim(self.frozen.policy)
         self.action_dim = self.steering.rl_action_dim(self.frozen.policy)
         self.sac_config = sac_config
