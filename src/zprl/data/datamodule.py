@@ -115,13 +115,13 @@ class LeRobotDataModule(PolicyDataModule):
         self.repo_id, self.root, self.cache_in_memory = repo_id, root, cache_in_memory
         self.state_key, self.env_state_key, self.image_keys = state_key, env_state_key, list(image_keys)
         self.quality_filter, self.task, self.video_backend = quality_filter, task, video_backend
+        self.meta = None  # LeRobotDatasetMetadata, loaded once at setup and shared by the splits
 
     def _all_episodes(self) -> list[int]:
-        from zprl.data.lerobot_source import LeRobotPolicyDataset, load_lerobot_dataset
+        from zprl.data.lerobot_source import load_lerobot_metadata, quality_episodes
 
-        dataset = load_lerobot_dataset(self.repo_id, root=self.root, video_backend=self.video_backend)
-        selected = LeRobotPolicyDataset._episodes_for_quality(dataset, self.quality_filter)
-        return selected if selected is not None else list(range(dataset.meta.total_episodes))
+        self.meta = load_lerobot_metadata(self.repo_id, root=self.root)
+        return quality_episodes(self.meta, self.quality_filter, self.root, self.video_backend)
 
     def _build(self, episodes: list[int]) -> Dataset:
         from zprl.data.lerobot_source import LeRobotPolicyDataset
@@ -129,4 +129,5 @@ class LeRobotDataModule(PolicyDataModule):
         return LeRobotPolicyDataset(self.repo_id, self.n_obs_steps, self.horizon, root=self.root,
                                     state_key=self.state_key, env_state_key=self.env_state_key,
                                     image_keys=self.image_keys, episodes=episodes, task=self.task,
-                                    video_backend=self.video_backend, cache_in_memory=self.cache_in_memory)
+                                    video_backend=self.video_backend, cache_in_memory=self.cache_in_memory,
+                                    meta=self.meta)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from zprl.data.schema import (ACTION, ENV_STATE, IMAGE_PREFIX, QUALITY_TIERS, STATE, DatasetSpec,
@@ -16,18 +17,53 @@ from zprl.data.schema import (ACTION, ENV_STATE, IMAGE_PREFIX, QUALITY_TIERS, ST
 QUALITY_COLUMN = "quality_tier"
 
 
-def load_lerobot_dataset(repo_id: str, root: str | Path | None = None, **kwargs) -> LeRobotDataset:
-    """``LeRobotDataset(repo_id, root=...)`` with an error that says how to get the data when it is missing."""
+def _check_root(repo_id: str, root: str | Path | None) -> None:
     if root is not None and not Path(root).exists():
         raise FileNotFoundError(
             f"LeRobot dataset root {root} does not exist. Generate one with "
             f"`zprl data generate --task lift --demos 100 --out data/lift_mh` (root data/lift_mh/lerobot), "
             f"or drop `root` to download `{repo_id}` from the Hugging Face hub.")
+
+
+def _load_error(repo_id: str, root: str | Path | None, err: Exception) -> RuntimeError:
+    return RuntimeError(f"Could not load LeRobot dataset {repo_id!r} (root={root}): {err}. Offline? Set "
+                        f"`root` to a local copy (HF_HUB_OFFLINE=1), or check the repo id.")
+
+
+def load_lerobot_dataset(repo_id: str, root: str | Path | None = None, **kwargs) -> LeRobotDataset:
+    """``LeRobotDataset(repo_id, root=...)`` with an error that says how to get the data when it is missing."""
+    _check_root(repo_id, root)
     try:
         return LeRobotDataset(repo_id, root=root, **kwargs)
     except Exception as err:
-        raise RuntimeError(f"Could not load LeRobot dataset {repo_id!r} (root={root}): {err}. Offline? Set "
-                           f"`root` to a local copy (HF_HUB_OFFLINE=1), or check the repo id.") from err
+        raise _load_error(repo_id, root, err) from err
+
+
+def load_lerobot_metadata(repo_id: str, root: str | Path | None = None) -> LeRobotDatasetMetadata:
+    """``LeRobotDatasetMetadata(repo_id, root=...)`` (info, stats, episode index; no frames), same errors."""
+    _check_root(repo_id, root)
+    try:
+        return LeRobotDatasetMetadata(repo_id, root=root)
+    except Exception as err:
+        raise _load_error(repo_id, root, err) from err
+
+
+def quality_episodes(meta: LeRobotDatasetMetadata, quality_filter: str | None, root: str | Path | None = None,
+                     video_backend: str | None = "pyav") -> list[int]:
+    """Episode indices whose ``quality_tier`` is in ``quality_filter`` (``"expert+noisy"``); None keeps all."""
+    tiers = parse_quality_filter(quality_filter)
+    if tiers is None:
+        return list(range(meta.total_episodes))
+    unknown = [t for t in tiers if t not in QUALITY_TIERS]
+    if unknown:
+        raise ValueError(f"Unknown quality tiers {unknown}; use names from {QUALITY_TIERS} joined by '+'.")
+    if QUALITY_COLUMN not in meta.features:
+        raise KeyError(f"`quality_filter` needs a {QUALITY_COLUMN!r} column, which {meta.repo_id!r} lacks "
+                       f"(only zprl-generated datasets have it): set quality_filter to null.")
+    dataset = load_lerobot_dataset(meta.repo_id, root=root, video_backend=video_backend)
+    wanted = {QUALITY_TIERS.index(t) for t in tiers}
+    columns = dataset.hf_dataset.select_columns(["episode_index", QUALITY_COLUMN]).with_format("numpy")[:]
+    return sorted({int(e) for e, q in zip(columns["episode_index"], columns[QUALITY_COLUMN]) if int(q) in wanted})
 
 
 class LeRobotPolicyDataset(Dataset):
@@ -38,50 +74,37 @@ class LeRobotPolicyDataset(Dataset):
     ``quality_filter`` (e.g. ``"expert+noisy"``) keeps episodes by the ``quality_tier`` column that
     zprl's generator writes. History and chunks use LeRobot's own ``delta_timestamps``.
     ``cache_in_memory`` reads every sample once and serves later epochs from memory (LeRobot's
-    per-sample window queries dominate the step time of small low-dim policies).
+    per-sample window queries dominate the step time of small low-dim policies). ``meta`` reuses
+    metadata the caller already loaded (``load_lerobot_metadata``).
     """
 
     def __init__(self, repo_id: str, n_obs_steps: int, horizon: int, root: str | Path | None = None,
                  state_key: str = STATE, env_state_key: str | None = ENV_STATE, image_keys: list[str] = (),
                  episodes: list[int] | None = None, quality_filter: str | None = None, task: str | None = None,
-                 video_backend: str | None = "pyav", cache_in_memory: bool = False):
+                 video_backend: str | None = "pyav", cache_in_memory: bool = False,
+                 meta: LeRobotDatasetMetadata | None = None):
         if horizon < n_obs_steps:
             raise ValueError(f"horizon ({horizon}) must be >= n_obs_steps ({n_obs_steps}).")
         self.repo_id, self.root = repo_id, root
-        meta_only = load_lerobot_dataset(repo_id, root=root, video_backend=video_backend)
-        features = meta_only.meta.features
+        meta = meta or load_lerobot_metadata(repo_id, root=root)
+        features = meta.features
         obs_keys = [k for k in [state_key, env_state_key, *image_keys] if k is not None]
         missing = [k for k in [*obs_keys, ACTION] if k not in features]
         if missing:
             raise KeyError(f"Features {missing} are not in LeRobot dataset {repo_id!r}. Available: "
                            f"{sorted(features)}. Fix `state_key` / `env_state_key` / `image_keys`.")
         if episodes is None:
-            episodes = self._episodes_for_quality(meta_only, quality_filter)
-        fps = meta_only.meta.fps
+            episodes = quality_episodes(meta, quality_filter, root, video_backend)
+        fps = meta.fps
         delta = {k: [o / fps for o in observation_frame_offsets(n_obs_steps)] for k in obs_keys}
         delta[ACTION] = [o / fps for o in action_frame_offsets(n_obs_steps, horizon)]
         self.dataset = load_lerobot_dataset(repo_id, root=root, episodes=episodes, delta_timestamps=delta,
                                             video_backend=video_backend)
-        self.episodes = episodes if episodes is not None else list(range(meta_only.meta.total_episodes))
+        self.episodes = episodes
         self.key_map = {state_key: STATE, **({env_state_key: ENV_STATE} if env_state_key else {}),
                         **{k: IMAGE_PREFIX + k.split(".")[-1] for k in image_keys}}
         self.fps, self.task = fps, task
         self.cache = [self._read(i) for i in range(len(self.dataset))] if cache_in_memory else None
-
-    @staticmethod
-    def _episodes_for_quality(dataset: LeRobotDataset, quality_filter: str | None) -> list[int] | None:
-        tiers = parse_quality_filter(quality_filter)
-        if tiers is None:
-            return None
-        unknown = [t for t in tiers if t not in QUALITY_TIERS]
-        if unknown:
-            raise ValueError(f"Unknown quality tiers {unknown}; use names from {QUALITY_TIERS} joined by '+'.")
-        if QUALITY_COLUMN not in dataset.meta.features:
-            raise KeyError(f"`quality_filter` needs a {QUALITY_COLUMN!r} column, which {dataset.repo_id!r} lacks "
-                           f"(only zprl-generated datasets have it): set quality_filter to null.")
-        wanted = {QUALITY_TIERS.index(t) for t in tiers}
-        columns = dataset.hf_dataset.select_columns(["episode_index", QUALITY_COLUMN]).with_format("numpy")[:]
-        return sorted({int(e) for e, q in zip(columns["episode_index"], columns[QUALITY_COLUMN]) if int(q) in wanted})
 
     def __len__(self) -> int:
         return len(self.dataset)
