@@ -85,3 +85,20 @@ def test_notebook_reproduces_the_comparison(comparison, tmp_path):
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 2  # success curves and the latent PCA
     assert (tmp_path / "success_vs_env_steps.png").exists()
+
+
+def test_method_curve_holds_each_seed_between_its_evaluations(tmp_path):
+    from zprl.online.compare import method_curve
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    experiment = client.create_experiment("curves")
+    runs = []
+    for history in ([(0, 0.2), (1010, 0.6), (2005, 1.0)], [(0, 0.4), (990, 0.8), (2020, 1.0)]):
+        run = client.create_run(experiment)
+        for step, value in history:
+            client.log_metric(run.info.run_id, "eval/success_rate", value, step=step)
+        runs.append(run.info.run_id)
+    curve = method_curve(client, "zprl", runs)
+    assert curve.env_steps.tolist() == [0, 990, 1010, 2005, 2020]
+    assert curve.success.tolist() == [[0.2, 0.2, 0.6, 1.0, 1.0], [0.4, 0.8, 0.8, 0.8, 1.0]]
+    assert curve.steps_to(0.5) == 990 and curve.steps_to(0.7) == 1010 and curve.steps_to(0.95) == 2020

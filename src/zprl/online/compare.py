@@ -55,13 +55,19 @@ def metric_history(client: MlflowClient, run_id: str, key: str) -> tuple[np.ndar
 
 
 def method_curve(client: MlflowClient, method: str, run_ids: list[str]) -> MethodCurve:
-    """Align the seeds' success histories on their common evaluation steps."""
+    """The seeds' success histories on one env-step grid.
+
+    Seeds evaluate at slightly different env steps (an iteration ends on whole vector-env steps, and
+    episodes end early on success), so each seed's success is held from one evaluation to the next and
+    read at the union of all evaluation steps (from the latest first evaluation on).
+    """
     histories = [metric_history(client, run_id, SUCCESS_METRIC) for run_id in run_ids]
     if any(len(steps) == 0 for steps, _ in histories):
         raise RuntimeError(f"A {method} run logged no {SUCCESS_METRIC}; check its eval_every_env_steps.")
-    common = sorted(set.intersection(*(set(steps.tolist()) for steps, _ in histories)))
-    success = np.stack([[dict(zip(steps.tolist(), values))[s] for s in common] for steps, values in histories])
-    return MethodCurve(method, np.array(common), success)
+    grid = np.unique(np.concatenate([steps for steps, _ in histories]))
+    grid = grid[grid >= max(steps[0] for steps, _ in histories)]
+    success = np.stack([values[np.searchsorted(steps, grid, side="right") - 1] for steps, values in histories])
+    return MethodCurve(method, grid, success)
 
 
 def summary_table(client: MlflowClient, curves: list[MethodCurve], runs: dict[str, list[str]]) -> pd.DataFrame:
