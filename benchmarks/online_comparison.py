@@ -31,10 +31,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--experiment", default="zprl-benchmark")
     parser.add_argument("--output-dir", default="outputs/bench/online")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once")
     args = parser.parse_args(argv[:split])
 
     table = run_comparison(args.methods, base=args.base, seeds=args.seeds, task=args.task,
-                           experiment=args.experiment, overrides=argv[split + 1:], output_dir=args.output_dir)
+                           experiment=args.experiment, overrides=argv[split + 1:], output_dir=args.output_dir,
+                           jobs=args.jobs)
     final = dict(zip(table["method"], table["final_success_mean"]))
     print()
     for reference in REFERENCES:

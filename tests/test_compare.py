@@ -30,7 +30,7 @@ def comparison(tiny_reach_policy, tmp_path_factory):
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
         zprl_main(["compare", str(ROOT / "conf/methods/zprl.yaml"), str(ROOT / "conf/methods/base_policy.yaml"),
-                   "--base", str(ROOT / "conf/zprl_online.yaml"), "--seeds", "0", "1", "--experiment", "tiny-compare",
+                   "--base", str(ROOT / "conf/zprl_online.yaml"), "--seeds", "0", "1", "--jobs", "2", "--experiment", "tiny-compare",
                    "--output-dir", str(tmp / "runs"), "--", f"--model.init_args.policy_path={tiny_reach_policy}",
                    *TINY_BUDGET])
         yield uri, tmp

@@ -71,7 +71,7 @@ def _compare(ns: argparse.Namespace) -> None:
     from zprl.online.compare import run_comparison
 
     run_comparison(ns.methods, base=ns.base, seeds=ns.seeds, task=ns.task, experiment=ns.experiment,
-                   overrides=ns.override, output_dir=ns.output_dir)
+                   overrides=ns.override, output_dir=ns.output_dir, jobs=ns.jobs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     cmp.add_argument("--experiment", default="zprl-compare")
     cmp.add_argument("--output-dir", default="outputs/compare", help="run folders (checkpoints) go here")
+    cmp.add_argument("--jobs", type=int, default=1, help="runs at once (separate processes)")
     cmp.set_defaults(func=_compare)
     return parser
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,11 +125,12 @@ def run_one(base: list[str], method: str, seed: int, run_id: str, experiment: st
 
 def run_comparison(configs: list[str], base: str | list[str] = "conf/zprl_online.yaml", seeds: list[int] = (0, 1, 2),
                    task: str | None = None, experiment: str = "zprl-compare", overrides: list[str] = (),
-                   output_dir: str | Path = "outputs/compare") -> pd.DataFrame:
+                   output_dir: str | Path = "outputs/compare", jobs: int = 1) -> pd.DataFrame:
     """Run every method overlay on ``base`` under every seed as child runs of one MLflow parent run.
 
     ``base`` is the online config, or a list of configs applied in order (e.g. the online config and a
-    task overlay); each method overlay and then ``overrides`` go on top.
+    task overlay); each method overlay and then ``overrides`` go on top. ``jobs`` runs that many runs
+    at once (separate processes; mind the cores and GPU memory they share).
 
     The parent run gets the success-vs-env-steps plot (seed mean and spread per method) and the
     summary table (final success, steps to 50 % / 80 %, return, jerk) as artifacts.
@@ -147,14 +149,18 @@ def run_comparison(configs: list[str], base: str | list[str] = "conf/zprl_online
     with mlflow.start_run(run_name=f"compare-{task or 'configs'}") as parent:
         mlflow.log_params({"base": ",".join(map(str, base)), "methods": ",".join(configs), "seeds": ",".join(map(str, seeds)), "task": task or "from config"})
         runs: dict[str, list[str]] = {}
+        launches = []
         for config, name in zip(configs, names):
             for seed in seeds:
                 root_dir = Path(output_dir) / parent.info.run_id / f"{name}_seed{seed}"
                 child = client.create_run(experiment_id, run_name=f"{name}-seed{seed}",
                                           tags={"mlflow.parentRunId": parent.info.run_id, "method": name,
                                                 "seed": str(seed), "root_dir": str(root_dir.resolve())})
-                run_one(base, config, seed, child.info.run_id, experiment, root_dir, task, list(overrides))
+                launches.append((base, config, seed, child.info.run_id, experiment, root_dir, task, list(overrides)))
                 runs.setdefault(name, []).append(child.info.run_id)
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            for finished in [pool.submit(run_one, *launch) for launch in launches]:
+                finished.result()  # re-raises a failed run
         curves = [method_curve(client, name, runs[name]) for name in names]
         table = summary_table(client, curves, runs)
         with tempfile.TemporaryDirectory() as tmp:
