@@ -217,3 +217,16 @@ def test_camera_images_round_trip(tmp_path):
     for t in (0, len(images) - 1):
         chw = dataset[t]["observation.images.agentview"].numpy()  # float CHW in [0, 1]
         np.testing.assert_array_equal(np.round(chw * 255).astype(np.uint8).transpose(1, 2, 0), images[t])
+
+
+def test_reach_command_writes_a_biased_lerobot_dataset_and_guards_it(tmp_path, capsys):
+    from zprl.cli import zprl_main
+    from zprl.data.lerobot_source import load_lerobot_metadata
+
+    out = tmp_path / "reach"
+    zprl_main(["data", "generate", "--task", "reach", "--demos", "3", "--out", str(out), "--bias", "0.2", "0.0"])
+    assert load_lerobot_metadata("zprl/reach_biased", root=out).total_episodes == 3
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        zprl_main(["data", "generate", "--task", "reach", "--demos", "2", "--out", str(out)])
+    zprl_main(["data", "generate", "--task", "reach", "--demos", "2", "--out", str(out), "--overwrite"])
+    assert load_lerobot_metadata("zprl/reach_biased", root=out).total_episodes == 2

@@ -40,7 +40,7 @@ def _data_generate(ns: argparse.Namespace) -> None:
     if ns.task == "reach":
         from zprl.data.reach_demos import generate_reach_dataset
 
-        root = generate_reach_dataset(ns.demos, ns.out, bias=tuple(ns.bias), seed=ns.seed)
+        root = generate_reach_dataset(ns.demos, ns.out, bias=tuple(ns.bias), seed=ns.seed, overwrite=ns.overwrite)
         print(f"Wrote {ns.demos} biased PointReach demos (LeRobot format) to {root}")
         return
     report = generate_dataset(ns.task, ns.demos, ns.out, seed=ns.seed, camera_names=tuple(ns.cameras),

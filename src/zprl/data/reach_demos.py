@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,21 @@ from zprl.envs.reach import scripted_reach_action
 
 
 def generate_reach_dataset(num_demos: int, root: str | Path, bias: tuple[float, float] = (0.1, 0.0),
-                           seed: int = 0, repo_id: str = "zprl/reach_biased") -> Path:
+                           seed: int = 0, repo_id: str = "zprl/reach_biased", overwrite: bool = False) -> Path:
     """Write ``num_demos`` PointReach episodes of an operator aiming at ``goal + bias`` as a LeRobot dataset.
 
     All episodes are kept, successful or not, so a policy imitating them inherits the bias and only
-    succeeds when the goal lies along the bias direction.
+    succeeds when the goal lies along the bias direction. An existing dataset at ``root`` is replaced
+    only with ``overwrite``.
     """
+    root = Path(root)
+    if root.exists() and any(root.iterdir()):
+        if not (overwrite and (root / "meta" / "info.json").exists()):
+            raise FileExistsError(f"{root} exists and is not empty. Pass another --out, delete it, or pass "
+                                  "--overwrite (overwrite=True) to replace the LeRobot dataset in it.")
+        shutil.rmtree(root)
+    elif root.exists():
+        root.rmdir()  # LeRobot creates the dataset folder itself
     env = make_env("reach")
     writer = LeRobotWriter(root, repo_id, fps=20, features=lerobot_features(env.observation_space, 2),
                            task_description="Reach the goal.")
@@ -41,4 +51,4 @@ def generate_reach_dataset(num_demos: int, root: str | Path, bias: tuple[float, 
                                      np.asarray(dones)))
     writer.close()
     env.close()
-    return Path(root)
+    return root

@@ -135,6 +135,8 @@ def run_comparison(configs: list[str], base: str | list[str] = "conf/zprl_online
     The parent run gets the success-vs-env-steps plot (seed mean and spread per method) and the
     summary table (final success, steps to 50 % / 80 %, return, jerk) as artifacts.
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}.")
     base = [base] if isinstance(base, str | Path) else list(base)
     for config in [*base, *configs]:
         if not Path(config).exists():
