@@ -54,7 +54,10 @@ def test_compare_logs_parent_child_runs_plot_and_table(comparison):
     for child in children:
         assert child.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "eval/success_rate")]
-        assert steps == [0, 120, 240]  # evaluation against env steps, at start, periodically and at the end
+        # evaluation against env steps at the start, periodically and at the end; an iteration collects at least
+        # 120 steps and overshoots by at most num_envs - 1 (one vector step), depending on episode ends
+        assert len(steps) == 3 and steps[0] == 0
+        assert 120 <= steps[1] <= 121 and 240 <= steps[2] <= 242
         assert "eval/jerk" in child.data.metrics
     zprl_child = next(c for c in children if c.data.tags["method"] == "zprl")
     assert "train/critic_loss" in zprl_child.data.metrics or any(k.startswith("train/") for k in zprl_child.data.metrics)
