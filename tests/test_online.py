@@ -177,6 +177,27 @@ def test_sac_update_is_finite_and_detects_divergence():
         huge.update(batch._replace(reward=torch.full((16,), 1e4)), huge.configure_optimizers())
 
 
+def test_residual_penalty_keeps_the_steering_near_zero():
+    """A critic rewarding large actions pulls the actor's mean away from 0; the residual penalty holds it back."""
+    g = torch.Generator().manual_seed(0)
+    action = torch.rand(64, 3, generator=g) * 2 - 1
+    batch = Transitions(obs=torch.randn(64, 6, generator=g), action=action, reward=action.sum(-1).clamp(min=0),
+                        next_obs=torch.randn(64, 6, generator=g), terminal=torch.ones(64), discount=torch.ones(64))
+
+    def residual_after_training(penalty):
+        torch.manual_seed(0)
+        sac = SAC(6, 3, SACConfig(hidden_dims=(32, 32), batch_size=64, residual_penalty=penalty))
+        optimizers = sac.configure_optimizers()
+        for _ in range(100):
+            metrics = sac.update(batch, optimizers, generator=torch.Generator().manual_seed(1))
+        return metrics["residual_abs"]
+
+    free, penalised = residual_after_training(0.0), residual_after_training(10.0)
+    assert free > 0.2 and penalised < 0.5 * free, (free, penalised)
+    with pytest.raises(ValueError, match="residual_penalty"):
+        SACConfig(residual_penalty=-1.0)
+
+
 # -- collection ----------------------------------------------------------------------------------------
 
 class _CrashAt(gym.Wrapper):

@@ -37,6 +37,8 @@ class SACConfig:
         gamma: per env-step discount; a macro step of k env steps is discounted by gamma^k.
         batch_size: transitions per update.
         reward_scale: multiplies rewards in the TD target.
+        residual_penalty: weight of mean(tanh(m)^2), the deterministic residual's squared size, in the actor
+            loss: keeps the steering near zero (the base policy) where the critic gives no evidence to move.
         q_divergence_threshold: |Q| or |TD target| above this raises :class:`CriticDivergenceError`.
         log_std_min / log_std_max: range of the actor's log standard deviation (before tanh).
     """
@@ -52,6 +54,7 @@ class SACConfig:
     gamma: float = 0.99
     batch_size: int = 256
     reward_scale: float = 1.0
+    residual_penalty: float = 0.0
     q_divergence_threshold: float = 1e4
     log_std_min: float = -5.0
     log_std_max: float = 2.0
@@ -63,6 +66,8 @@ class SACConfig:
             raise ValueError(f"Need 0 < gamma <= 1 and 0 < tau <= 1; got gamma={self.gamma}, tau={self.tau}.")
         if self.init_alpha <= 0:
             raise ValueError(f"init_alpha must be > 0, got {self.init_alpha}.")
+        if self.residual_penalty < 0:
+            raise ValueError(f"residual_penalty must be >= 0, got {self.residual_penalty}.")
 
 
 def mlp(in_dim: int, hidden_dims: Sequence[int], out_dim: int, layer_norm: bool = False) -> nn.Sequential:
@@ -166,7 +171,9 @@ class SAC(nn.Module):
         critic_opt.step()
 
         u, log_prob = self.actor.sample(batch.obs, generator)
-        actor_loss = (alpha * log_prob - self.critic(batch.obs, u).min(0).values).mean()
+        residual = self.actor.deterministic(batch.obs)
+        actor_loss = ((alpha * log_prob - self.critic(batch.obs, u).min(0).values).mean()
+                      + c.residual_penalty * residual.square().mean())
         actor_opt.zero_grad()
         backward(actor_loss)
         actor_opt.step()
@@ -180,9 +187,10 @@ class SAC(nn.Module):
             for target, online in zip(self.critic_target.parameters(), self.critic.parameters(), strict=True):
                 target.lerp_(online, c.tau)
 
-        names = ("critic_loss", "actor_loss", "alpha_loss", "alpha", "entropy", "q_mean", "q_abs_max", "target_q_mean")
+        names = ("critic_loss", "actor_loss", "alpha_loss", "alpha", "entropy", "residual_abs", "q_mean", "q_abs_max",
+                 "target_q_mean")
         values = torch.stack([critic_loss.detach(), actor_loss.detach(), alpha_loss.detach(), alpha,
-                              -log_prob.detach().mean(), q.detach().mean(),
+                              -log_prob.detach().mean(), residual.detach().abs().mean(), q.detach().mean(),
                               torch.maximum(q.detach().abs().max(), target_q.abs().max()), target_q.mean()]).tolist()
         metrics = dict(zip(names, values, strict=True))
         self._check_divergence(metrics)
