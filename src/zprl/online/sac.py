@@ -97,15 +97,15 @@ class Actor(nn.Module):
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1)
         return mean, log_std
 
-    def sample(self, obs: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Reparameterised u in (-1, 1)^d and its log-probability (B,)."""
+    def sample(self, obs: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Reparameterised u in (-1, 1)^d, its log-probability (B,) and the deterministic action tanh(m)."""
         mean, log_std = self(obs)
         eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         x = mean + log_std.exp() * eps
         gaussian_log_prob = (-0.5 * eps.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
         # log |d tanh(x) / dx| = log(1 - tanh(x)^2), written stably.
         log_det = (2 * (math.log(2) - x - F.softplus(-2 * x))).sum(-1)
-        return torch.tanh(x), gaussian_log_prob - log_det
+        return torch.tanh(x), gaussian_log_prob - log_det, torch.tanh(mean)
 
     def deterministic(self, obs: Tensor) -> Tensor:
         """The mean action tanh(m), used at evaluation."""
@@ -161,7 +161,7 @@ class SAC(nn.Module):
         alpha = self.log_alpha.exp().detach()
 
         with torch.no_grad():
-            next_u, next_log_prob = self.actor.sample(batch.next_obs, generator)
+            next_u, next_log_prob, _ = self.actor.sample(batch.next_obs, generator)
             next_v = self.critic_target(batch.next_obs, next_u).min(0).values - alpha * next_log_prob
             target_q = c.reward_scale * batch.reward + (1.0 - batch.terminal) * batch.discount * next_v
         q = self.critic(batch.obs, batch.action)
@@ -170,8 +170,7 @@ class SAC(nn.Module):
         backward(critic_loss)
         critic_opt.step()
 
-        u, log_prob = self.actor.sample(batch.obs, generator)
-        residual = self.actor.deterministic(batch.obs)
+        u, log_prob, residual = self.actor.sample(batch.obs, generator)
         actor_loss = ((alpha * log_prob - self.critic(batch.obs, u).min(0).values).mean()
                       + c.residual_penalty * residual.square().mean())
         actor_opt.zero_grad()
