@@ -15,17 +15,18 @@ from functools import partial
 
 import numpy as np
 
-import zprl.compat  # noqa: F401  (before robosuite, like zprl's env module)
-import robosuite
-
 from zprl.envs import TASKS, make_env, make_vector_env
-from zprl.envs.robomimic_env import default_env_meta
 
 WARMUP_STEPS = 20
 
 
 def raw_robosuite(task: str, steps: int, rng: np.random.Generator) -> float:
     """robosuite.make with zprl's default controller and settings; returns steps/s."""
+    # Imported here so that the other tasks' benchmarks run where robosuite is not installed.
+    import robosuite
+
+    from zprl.envs.robomimic_env import default_env_meta  # also registers zprl's mujoco_py stand-in
+
     env = robosuite.make(TASKS[task].sim_name, **default_env_meta(task)["env_kwargs"])
     low, high = env.action_spec
     horizon = TASKS[task].max_episode_steps
