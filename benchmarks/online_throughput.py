@@ -31,17 +31,17 @@ from zprl.online.module import OnlineRLModule  # noqa: E402
 class LoopTimer(Callback):
     """Wall time and env steps of the training iterations after warm-up that ran no evaluation."""
 
-    def __init__(self, warmup_env_steps: int):
-        self.warmup_env_steps = warmup_env_steps
+    def __init__(self, warmup_transitions: int):
+        self.warmup_transitions = warmup_transitions
         self.seconds = 0.0
         self.env_steps = 0
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        self._start = (time.perf_counter(), module.env_steps, module.last_eval_at)
+        self._start = (time.perf_counter(), module.env_steps, module.transitions, module.last_eval_at)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        start_time, start_steps, start_eval = self._start
-        if start_steps >= self.warmup_env_steps and module.last_eval_at == start_eval:
+        start_time, start_steps, start_transitions, start_eval = self._start
+        if start_transitions >= self.warmup_transitions and module.last_eval_at == start_eval:
             self.seconds += time.perf_counter() - start_time
             self.env_steps += module.env_steps - start_steps
 
@@ -54,12 +54,12 @@ class LoopTimer(Callback):
 
 def online_loop(args: argparse.Namespace) -> float:
     module = OnlineRLModule(
-        policy_path=args.policy, task=args.task, steering=args.steering, steering_scale=1.0,
+        policy_path=args.policy, task=args.task, steering=args.steering,
         num_envs=args.num_envs, asynchronous=args.asynchronous, total_env_steps=args.warmup + args.steps,
-        env_steps_per_iter=args.env_steps_per_iter, utd_ratio=args.utd, warmup_env_steps=args.warmup,
+        env_steps_per_iter=args.env_steps_per_iter, utd_ratio=args.utd, warmup_transitions=args.warmup // 4,
         buffer_capacity=max(10_000, args.warmup + args.steps), eval_every_env_steps=10**9,
         eval_episodes=args.num_envs, seed=0)
-    timer = LoopTimer(args.warmup)
+    timer = LoopTimer(args.warmup // 4)
     L.Trainer(max_steps=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, callbacks=[timer]).fit(module)
     return timer.rate
@@ -73,7 +73,8 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, default=2)
     parser.add_argument("--asynchronous", action="store_true", help="subprocess vector env")
     parser.add_argument("--steps", type=int, default=1000, help="timed env steps (after warm-up)")
-    parser.add_argument("--warmup", type=int, default=256, help="env steps before SAC updates start")
+    parser.add_argument("--warmup", type=int, default=256,
+                        help="env steps before SAC updates start (warm-up of warmup/4 chunk transitions)")
     parser.add_argument("--env-steps-per-iter", type=int, default=64)
     parser.add_argument("--utd", type=float, default=1.0, help="SAC updates per collected chunk")
     args = parser.parse_args()

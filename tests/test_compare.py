@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_BUDGET = [
     "--model.init_args.task=reach", "--model.init_args.num_envs=2", "--model.init_args.asynchronous=false",
     "--model.init_args.total_env_steps=240", "--model.init_args.env_steps_per_iter=120",
-    "--model.init_args.warmup_env_steps=120", "--model.init_args.eval_every_env_steps=120",
+    "--model.init_args.warmup_transitions=30", "--model.init_args.eval_every_env_steps=120",
     "--model.init_args.eval_episodes=4", "--model.init_args.buffer_capacity=1000",
     "--model.init_args.sac.batch_size=16", "--model.init_args.sac.hidden_dims=[32, 32]",
 ]

@@ -87,3 +87,21 @@ def test_unknown_task_lists_valid_tasks():
 def test_num_envs_must_be_positive():
     with pytest.raises(ValueError, match="num_envs must be >= 1"):
         make_vector_env("pusht", num_envs=0)
+
+
+def test_each_robomimic_env_owns_its_placement_rng():
+    """An evaluation env's seeded reset must not replay its placements in a training env (one process)."""
+    train, evaluation = make_env("lift"), make_env("lift")
+    cube = "observation.environment_state"
+    train.reset(seed=0)
+    alone = train.reset()[0][cube]
+    train.reset(seed=0)
+    evaluation.reset(seed=100_000)
+    after_eval = train.reset()[0][cube]
+    np.testing.assert_array_equal(after_eval, alone)  # the training stream continues as if alone
+    assert not np.allclose(after_eval, evaluation.reset()[0][cube])
+    state = np.random.get_state()[1].copy()
+    train.reset(seed=3)
+    np.testing.assert_array_equal(np.random.get_state()[1], state)  # the global generator is left alone
+    train.close()
+    evaluation.close()

@@ -67,7 +67,7 @@ def obs_batch(frozen):
 
 def _context(policy, steering, obs_batch, seed=0):
     noise = policy.sample_noise(5, torch.Generator().manual_seed(seed))
-    return steering.observe(policy, obs_batch, noise), noise
+    return steering.observe(obs_batch, noise), noise
 
 
 # -- steering ------------------------------------------------------------------------------------------
@@ -77,35 +77,40 @@ def test_zero_residual_gives_the_base_policy_chunk(frozen, obs_batch):
     noise = policy.sample_noise(5, torch.Generator().manual_seed(0))
     # The base policy's own eval path: LeRobot conditioning through the bottleneck (mean latent).
     base = policy.diffusion.conditional_sample(5, policy.diffusion._prepare_global_conditioning(obs_batch), noise=noise)
-    for steering in (LatentSteering(2.0), ActionSteering(0.5)):
-        ctx = steering.observe(policy, obs_batch, noise)
-        sac = SAC(steering.rl_obs_dim(policy), steering.rl_action_dim(policy))
+    for steering in (LatentSteering(policy, 2.0), ActionSteering(policy, 0.5)):
+        ctx = steering.observe(obs_batch, noise)
+        sac = SAC(steering.rl_obs_dim, steering.rl_action_dim)
         u = sac.actor.deterministic(ctx.rl_obs)
         assert torch.equal(u, torch.zeros_like(u)), "a fresh actor must output exactly zero"
-        assert torch.equal(steering.act(policy, ctx, u), base), steering.name
+        assert torch.equal(steering.act(ctx, u), base), steering.name
     zero_noise = torch.zeros_like(noise)
     expected = policy.diffusion.conditional_sample(5, policy.diffusion._prepare_global_conditioning(obs_batch),
                                                    noise=zero_noise)
-    steering = NoiseSteering(1.5)
-    ctx = steering.observe(policy, obs_batch, noise)
-    assert torch.equal(steering.act(policy, ctx, torch.zeros(5, steering.rl_action_dim(policy))), expected)
+    steering = NoiseSteering(policy, 1.5)
+    ctx = steering.observe(obs_batch, noise)
+    assert torch.equal(steering.act(ctx, torch.zeros(5, steering.rl_action_dim)), expected)
+    # The raw base: the action residual of the authors steers the generator conditioned on e.
+    raw = ActionSteering(policy, 0.5, conditioning="raw")
+    ctx = raw.observe(obs_batch, noise)
+    torch.testing.assert_close(ctx.base_chunk, policy.generate(ctx.latent.e, noise))
 
 
 def test_perturbations_respect_their_bound(frozen, obs_batch):
     policy = frozen[0]
     g = torch.Generator().manual_seed(1)
-    latent, action, noise_steering = LatentSteering(0.3), ActionSteering(0.2), NoiseSteering(1.5)
+    latent, action = LatentSteering(policy, 0.3), ActionSteering(policy, 0.2)
+    noise_steering = NoiseSteering(policy, 1.5, noise_steps=2)
 
     ctx, _ = _context(policy, latent, obs_batch)
-    u = torch.rand(5, latent.rl_action_dim(policy), generator=g) * 2 - 1
+    u = torch.rand(5, latent.rl_action_dim, generator=g) * 2 - 1
     z = latent.steered_latent(ctx, u)
     assert (z - ctx.latent.mu).abs().max() <= 0.3 + 1e-4
     torch.testing.assert_close(latent.steered_latent(ctx, torch.ones_like(u)) - ctx.latent.mu,
                                torch.full_like(u, 0.3), atol=1e-4, rtol=0)
 
     ctx, _ = _context(policy, action, obs_batch)
-    u = torch.rand(5, action.rl_action_dim(policy), generator=g) * 2 - 1
-    chunk = action.act(policy, ctx, u)
+    u = torch.rand(5, action.rl_action_dim, generator=g) * 2 - 1
+    chunk = action.act(ctx, u)
     steps = policy.action_chunk_slice
     diff = chunk - ctx.base_chunk
     assert diff[:, steps].abs().max() <= 0.2 + 1e-6 and diff[:, steps].abs().max() > 0
@@ -115,18 +120,56 @@ def test_perturbations_respect_their_bound(frozen, obs_batch):
     assert torch.equal(chunk[:, outside], ctx.base_chunk[:, outside])
 
     ctx, _ = _context(policy, noise_steering, obs_batch)
-    u = torch.rand(5, noise_steering.rl_action_dim(policy), generator=g) * 2 - 1
-    assert noise_steering.initial_noise(ctx, u).abs().max() <= 1.5
+    u = torch.rand(5, noise_steering.rl_action_dim, generator=g) * 2 - 1
+    assert noise_steering.rl_action_dim == 2 * 2
+    initial = noise_steering.initial_noise(ctx, u)
+    assert initial.shape == ctx.noise.shape and initial.abs().max() <= 1.5
+    # Two noise steps tiled over the horizon of 8: each repeated over 4 consecutive steps.
+    torch.testing.assert_close(initial[:, :4], 1.5 * u[:, None, :2].expand(5, 4, 2))
+    torch.testing.assert_close(initial[:, 4:], 1.5 * u[:, None, 2:].expand(5, 4, 2))
 
 
-def test_action_schedule_and_unknown_steering():
-    steering = make_steering("action", 0.1, action_schedule_steps=1000)
+def test_latent_centre_is_a_posterior_sample_in_collection_and_mu_at_evaluation(frozen, obs_batch):
+    policy = frozen[0]
+    steering = LatentSteering(policy, 0.2)
+    noise = policy.sample_noise(5)
+    evaluation = steering.observe(obs_batch, noise, explore=False)
+    torch.testing.assert_close(evaluation.centre, evaluation.latent.mu)
+    torch.testing.assert_close(evaluation.rl_obs, torch.cat([evaluation.latent.e, evaluation.latent.mu], -1))
+    draws = torch.stack([steering.observe(obs_batch, noise, explore=True, generator=torch.Generator().manual_seed(s)
+                                          ).centre for s in range(400)])
+    latent = evaluation.latent
+    torch.testing.assert_close(draws.mean(0), latent.mu, atol=4 * latent.sigma.max().item() / 20, rtol=0)
+    torch.testing.assert_close(draws.std(0), latent.sigma, atol=0.0, rtol=0.15)
+    assert torch.equal(LatentSteering(policy, 0.2, centre="mean").observe(obs_batch, noise, explore=True).centre,
+                       latent.mu)
+
+
+def test_the_critic_scores_the_perturbed_latent(frozen, obs_batch):
+    policy = frozen[0]
+    steering = LatentSteering(policy, 0.2)
+    ctx = steering.observe(obs_batch, policy.sample_noise(5), explore=True, generator=torch.Generator().manual_seed(0))
+    sac = SAC(steering.rl_obs_dim, steering.rl_action_dim, SACConfig(hidden_dims=(16,)), steering.critic_action)
+    u = torch.rand(5, steering.rl_action_dim) * 2 - 1
+    z_prime = steering.steered_latent(ctx, u)
+    torch.testing.assert_close(steering.critic_action(ctx.rl_obs, u), z_prime)
+    torch.testing.assert_close(sac.q_values(sac.critic, ctx.rl_obs, u), sac.critic(ctx.rl_obs, z_prime))
+    residual_critic = SAC(steering.rl_obs_dim, steering.rl_action_dim, SACConfig(hidden_dims=(16,),
+                          critic_input="residual"), steering.critic_action)
+    torch.testing.assert_close(residual_critic.q_values(residual_critic.critic, ctx.rl_obs, u),
+                               residual_critic.critic(ctx.rl_obs, u))
+
+
+def test_action_schedule_and_unknown_steering(frozen):
+    policy = frozen[0]
+    steering = make_steering("action", policy, 0.1, action_schedule_steps=1000)
     assert [steering.residual_probability(s) for s in (0, 250, 1000, 5000)] == [0.0, 0.25, 1.0, 1.0]
-    assert make_steering("latent").residual_probability(0) == 1.0
+    assert make_steering("latent", policy).residual_probability(0) == 1.0
+    assert make_steering("latent", policy).scale == 0.2 and steering.conditioning == "raw"  # the authors' defaults
     with pytest.raises(ValueError, match="choose one of"):
-        make_steering("latnet")
+        make_steering("latnet", policy)
     with pytest.raises(ValueError, match="only applies to steering='action'"):
-        make_steering("latent", action_schedule_steps=10)
+        make_steering("latent", policy, action_schedule_steps=10)
 
 
 # -- replay buffer and SAC -----------------------------------------------------------------------------
@@ -159,22 +202,71 @@ def test_replay_buffer_wraps_and_round_trips():
 
 def test_sac_update_is_finite_and_detects_divergence():
     torch.manual_seed(0)
-    sac = SAC(6, 3, SACConfig(hidden_dims=(32, 32), num_critics=3, batch_size=16))
+    sac = SAC(6, 3, SACConfig(hidden_dims=(32, 32), num_critics=3, critic_subset=2, batch_size=16, policy_freq=1,
+                              target_freq=1))
     optimizers = sac.configure_optimizers()
     g = torch.Generator().manual_seed(0)
     batch = Transitions(obs=torch.randn(16, 6, generator=g), action=torch.rand(16, 3, generator=g) * 2 - 1,
                         reward=(torch.rand(16, generator=g) > 0.5).float(), next_obs=torch.randn(16, 6, generator=g),
                         terminal=torch.zeros(16), discount=torch.full((16,), 0.99 ** 4))
     before = [p.clone() for p in sac.critic_target.parameters()]
-    metrics = sac.update(batch, optimizers)
+    metrics = {k: float(v) for k, v in sac.update(batch, optimizers).items()}
     assert set(metrics) >= {"critic_loss", "actor_loss", "alpha", "q_mean", "entropy"}
     assert all(math.isfinite(v) for v in metrics.values())
     assert any(not torch.equal(a, b) for a, b in zip(before, sac.critic_target.parameters()))  # Polyak moved
+    nan_metrics = sac.update(batch._replace(reward=torch.full((16,), float("nan"))), optimizers)
     with pytest.raises(CriticDivergenceError, match="utd_ratio"):
-        sac.update(batch._replace(reward=torch.full((16,), float("nan"))), optimizers)
-    huge = SAC(6, 3, SACConfig(hidden_dims=(32, 32), q_divergence_threshold=10.0))
+        sac.check_divergence({k: float(v) for k, v in nan_metrics.items()})
+    huge = SAC(6, 3, SACConfig(hidden_dims=(32, 32), q_divergence_threshold=10.0, bounded_q=False))
+    metrics = huge.update(batch._replace(reward=torch.full((16,), 1e4)), huge.configure_optimizers())
     with pytest.raises(CriticDivergenceError, match="q_divergence_threshold"):
-        huge.update(batch._replace(reward=torch.full((16,), 1e4)), huge.configure_optimizers())
+        huge.check_divergence({k: float(v) for k, v in metrics.items()})
+    with pytest.raises(ValueError, match="batch_size"):
+        SACConfig(batch_size=0)
+
+
+def test_actor_and_targets_update_at_their_frequencies():
+    torch.manual_seed(0)
+    sac = SAC(6, 3, SACConfig(hidden_dims=(16,), batch_size=8))  # policy_freq = target_freq = 2
+    optimizers = sac.configure_optimizers()
+    batch = Transitions(obs=torch.randn(8, 6), action=torch.rand(8, 3), reward=torch.ones(8), next_obs=torch.randn(8, 6),
+                        terminal=torch.zeros(8), discount=torch.ones(8))
+    actor, target = copy.deepcopy(sac.actor.state_dict()), copy.deepcopy(sac.critic_target.state_dict())
+    assert "actor_loss" not in sac.update(batch, optimizers)
+    assert all(torch.equal(v, sac.actor.state_dict()[k]) for k, v in actor.items())
+    assert all(torch.equal(v, sac.critic_target.state_dict()[k]) for k, v in target.items())
+    assert "actor_loss" in sac.update(batch, optimizers)
+    assert any(not torch.equal(v, sac.critic_target.state_dict()[k]) for k, v in target.items())
+
+
+def test_bounded_q_stays_in_the_unit_interval():
+    sac = SAC(6, 3, SACConfig(hidden_dims=(16,)))
+    q = sac.critic(1e3 * torch.randn(64, 6), 1e3 * torch.randn(64, 3))
+    assert q.shape == (2, 64) and q.min() >= 0.0 and q.max() <= 1.0
+
+
+def test_vectorised_critic_ensemble_equals_per_critic_mlps():
+    from zprl.online.sac import CriticEnsemble, mlp
+
+    torch.manual_seed(0)
+    ensemble = CriticEnsemble(6, 3, (32, 32), num_critics=4, activation="gelu", bounded=False)
+    mlps = [mlp(9, (32, 32), 1, "gelu") for _ in range(4)]
+    linears = [*ensemble.hidden, ensemble.out]
+    with torch.no_grad():
+        for i, critic in enumerate(mlps):
+            for layer, linear in zip(linears, [m for m in critic if isinstance(m, torch.nn.Linear)]):
+                linear.weight.copy_(layer.weight[i].T)
+                linear.bias.copy_(layer.bias[i, 0])
+    obs, action = torch.randn(16, 6), torch.randn(16, 3)
+    q = ensemble(obs, action)
+    reference = torch.stack([critic(torch.cat([obs, action], -1)).squeeze(-1) for critic in mlps])
+    torch.testing.assert_close(q, reference)
+    q.sum().backward()
+    reference.sum().backward()
+    for i, critic in enumerate(mlps):
+        for layer, linear in zip(linears, [m for m in critic if isinstance(m, torch.nn.Linear)]):
+            torch.testing.assert_close(layer.weight.grad[i].T, linear.weight.grad)
+            torch.testing.assert_close(layer.bias.grad[i, 0], linear.bias.grad)
 
 
 def test_residual_penalty_keeps_the_steering_near_zero():
@@ -186,11 +278,12 @@ def test_residual_penalty_keeps_the_steering_near_zero():
 
     def residual_after_training(penalty):
         torch.manual_seed(0)
-        sac = SAC(6, 3, SACConfig(hidden_dims=(32, 32), batch_size=64, residual_penalty=penalty))
+        sac = SAC(6, 3, SACConfig(hidden_dims=(32, 32), batch_size=64, residual_penalty=penalty, policy_freq=1,
+                                  actor_lr=1e-3, bounded_q=False))
         optimizers = sac.configure_optimizers()
         for _ in range(100):
             metrics = sac.update(batch, optimizers, generator=torch.Generator().manual_seed(1))
-        return metrics["residual_abs"]
+        return float(metrics["residual_abs"])
 
     free, penalised = residual_after_training(0.0), residual_after_training(10.0)
     assert free > 0.2 and penalised < 0.5 * free, (free, penalised)
@@ -219,29 +312,34 @@ class _CrashAt(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
-def _collect(frozen, envs, steering="latent", steps=200, seed=0):
-    steering = make_steering(steering, 0.5)
+def _collect(frozen, envs, steering="latent", steps=200, seed=0, bootstrap_on_truncation=False):
+    steering = make_steering(steering, frozen[0], 0.5)
     agent = SteeredAgent(*frozen, steering, envs.num_envs, seed=seed)
     torch.manual_seed(seed)
-    sac = SAC(steering.rl_obs_dim(frozen[0]), steering.rl_action_dim(frozen[0]), SACConfig(hidden_dims=(32,)))
-    collector = ChunkCollector(envs, agent, gamma=0.9, seed=seed)
+    sac = SAC(steering.rl_obs_dim, steering.rl_action_dim, SACConfig(hidden_dims=(32,)))
+    collector = ChunkCollector(envs, agent, gamma=0.9, seed=seed, bootstrap_on_truncation=bootstrap_on_truncation)
     batch, stats = collector.collect(steps, sac.actor)
     return collector, batch, stats
 
 
-def test_collector_macro_transitions_account_for_every_env_step(frozen):
+@pytest.mark.parametrize("bootstrap_on_truncation", [False, True])
+def test_collector_macro_transitions_account_for_every_env_step(frozen, bootstrap_on_truncation):
     # PushT episodes of 10 steps: time-limit truncations mid-chunk (n_action_steps=4).
     envs = make_vector_env("pusht", 3, asynchronous=False, max_episode_steps=10)
-    collector, batch, stats = _collect(frozen, envs, steps=100)
+    collector, batch, stats = _collect(frozen, envs, steps=100, bootstrap_on_truncation=bootstrap_on_truncation)
     steps_per_transition = torch.round(torch.log(batch.discount) / math.log(0.9)).long()
     assert steps_per_transition.min() >= 1 and steps_per_transition.max() <= 4
     in_flight = collector.pending_steps[collector.pending].sum()
     assert steps_per_transition.sum() + in_flight == stats.env_steps == collector.env_steps >= 100
     assert len(stats.episode_successes) == collector.episodes >= 100 // 10 - 3  # 10-step episodes, 3 may be in flight
-    assert batch.terminal.sum() == sum(stats.episode_successes)  # only successes are terminal
-    assert batch.obs.shape[1] == LatentSteering().rl_obs_dim(frozen[0]) and torch.isfinite(batch.next_obs).all()
+    if bootstrap_on_truncation:
+        assert batch.terminal.sum() == sum(stats.episode_successes)  # only successes are terminal
+    else:
+        assert batch.terminal.sum() == len(stats.episode_successes)  # every episode end cuts the bootstrap
+    assert batch.obs.shape[1] == LatentSteering(frozen[0]).rl_obs_dim and torch.isfinite(batch.next_obs).all()
+    assert {"rollout/z_rms", "rollout/mu_rms", "rollout/step_rms", "rollout/step_to_z_ratio"} <= set(stats.as_metrics())
     # Same seed, same transitions: runs are reproducible on CPU.
-    _, again, _ = _collect(frozen, envs, steps=100)
+    _, again, _ = _collect(frozen, envs, steps=100, bootstrap_on_truncation=bootstrap_on_truncation)
     for a, b in zip(batch, again):
         assert torch.equal(a, b)
     envs.close()
@@ -262,9 +360,8 @@ def test_steered_rollout_with_zero_actor_equals_base(frozen):
     envs = make_vector_env("pusht", 2, asynchronous=False)
     actions = {}
     for name in ("none", "latent", "action"):
-        steering = make_steering(name, 0.5)
-        actor = SAC(steering.rl_obs_dim(frozen[0]), steering.rl_action_dim(frozen[0])).actor \
-            if steering.trainable else None
+        steering = make_steering(name, frozen[0], 0.5, conditioning="latent")
+        actor = SAC(steering.rl_obs_dim, steering.rl_action_dim).actor if steering.trainable else None
         rollout = SteeredRolloutPolicy(SteeredAgent(*frozen, steering, 2, seed=3), actor)
         obs, _ = envs.reset(seed=0)
         rollout.reset()
@@ -284,7 +381,7 @@ def _module(policy_dir, total_env_steps):
     return OnlineRLModule(
         policy_path=str(policy_dir), task="pusht", steering="latent", steering_scale=1.0, num_envs=2,
         asynchronous=False, max_episode_steps=20, total_env_steps=total_env_steps, env_steps_per_iter=32,
-        utd_ratio=0.5, warmup_env_steps=16, buffer_capacity=100, eval_every_env_steps=64, eval_episodes=2,
+        utd_ratio=0.5, warmup_transitions=4, buffer_capacity=100, eval_every_env_steps=64, eval_episodes=2,
         seed=0, sac={"hidden_dims": (32, 32), "batch_size": 8})
 
 

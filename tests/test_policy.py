@@ -56,9 +56,11 @@ def test_kl_matches_closed_form_by_hand():
     sigma = torch.tensor([[1.0, 0.5, 2.0], [0.1, 1.5, 0.8]])
     by_hand = (0.5 * (mu**2 + sigma**2 - 1) - torch.log(sigma)).sum(-1).mean()
     reference = kl_divergence(Normal(mu, sigma), Normal(0.0, 1.0)).sum(-1).mean()
-    kl = VariationalBottleneck.kl(mu, sigma)
+    kl = VariationalBottleneck.kl(mu, sigma, "sum")
     torch.testing.assert_close(kl, by_hand)
     torch.testing.assert_close(kl, reference)
+    # The authors' reduction (the default) also averages over the z dimensions.
+    torch.testing.assert_close(VariationalBottleneck.kl(mu, sigma), reference / mu.shape[-1])
     assert VariationalBottleneck.kl(torch.zeros(4, 3), torch.ones(4, 3)).item() == 0.0
 
 
@@ -84,7 +86,7 @@ def test_bottleneck_off_is_identity_path():
     assert torch.equal(latent.mu, latent.e) and torch.count_nonzero(latent.sigma) == 0
     assert torch.equal(policy.decode_latent(latent.mu), latent.e)
     loss, info = policy.forward(batch)
-    assert info["kl_loss"] == 0.0 and info["loss"] == pytest.approx(info["imitation_loss"])
+    assert set(info) == {"loss", "imitation_loss", "beta"} and info["loss"] == pytest.approx(info["imitation_loss"])
 
 
 def test_bottleneck_on_latent_shapes():
@@ -158,15 +160,71 @@ def test_save_load_round_trip_with_processors(tmp_path, head):
     assert not torch.allclose(actual, policy.select_action(pre(dict(obs)), noise=noise))
 
 
-def test_forward_finite_loss_and_gradients_reach_vib():
-    policy = tiny_policy().train()
+@pytest.mark.parametrize("mode", ["decoupled", "joint", "posthoc"])
+def test_forward_finite_loss_and_gradients_reach_vib(mode):
+    policy = tiny_policy(vib_training=mode, beta=0.1).train()
     loss, info = policy.forward(lowdim_batch())
-    assert torch.isfinite(loss) and set(info) == {"loss", "imitation_loss", "kl_loss", "beta"}
+    terms = {"decoupled": {"imitation_loss", "vib_imitation_loss", "kl_loss", "recon_loss"},
+             "joint": {"imitation_loss", "kl_loss"}, "posthoc": {"vib_imitation_loss", "kl_loss", "recon_loss"}}[mode]
+    assert torch.isfinite(loss) and set(info) == terms | {"loss", "kl_nats", "z_rms", "mu_rms", "sigma_mean", "beta"}
     assert all(isinstance(v, float) for v in info.values())
-    assert info["loss"] == pytest.approx(info["imitation_loss"] + info["beta"] * info["kl_loss"], rel=1e-5)
+    weights = {"kl_loss": info["beta"], "recon_loss": policy.config.vib_recon_weight}
+    assert info["loss"] == pytest.approx(sum(info[t] * weights.get(t, 1.0) for t in terms), rel=1e-5)
+    assert info["kl_nats"] == pytest.approx(info["kl_loss"] * policy.config.z_dim, rel=1e-5)
     loss.backward()
     for name, param in policy.diffusion.vib.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_decoupled_vib_terms_give_no_gradient_to_encoder_and_generator():
+    policy = tiny_policy(vib_training="decoupled", beta=0.1).train()
+    terms = policy.diffusion.compute_loss(lowdim_batch())
+    (terms.vib_imitation + terms.kl + terms.recon).backward()
+    outside = {n: p for n, p in policy.named_parameters() if not n.startswith("diffusion.vib.")}
+    assert outside and all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in outside.values())
+    assert all(torch.count_nonzero(p.grad) > 0 for p in policy.diffusion.vib.parameters())
+    # ... while the imitation term trains the generator and never the VIB.
+    policy.zero_grad(set_to_none=True)
+    policy.diffusion.compute_loss(lowdim_batch()).imitation.backward()
+    assert all(p.grad is None for p in policy.diffusion.vib.parameters())
+    assert torch.count_nonzero(policy.diffusion.unet.final_conv[-1].weight.grad) > 0
+
+
+def test_decoupled_imitation_equals_stock_lerobot_loss():
+    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+
+    policy = tiny_policy(vib_training="decoupled").train()
+    fields = {k: v for k, v in vars(policy.config).items() if k in DiffusionConfig.__dataclass_fields__}
+    stock = DiffusionPolicy(DiffusionConfig(**fields)).train()
+    missing, unexpected = stock.load_state_dict(policy.state_dict(), strict=False)
+    assert not missing and all(k.startswith("diffusion.vib.") or k.endswith("_extra_state") for k in unexpected)
+    batch = lowdim_batch()
+    torch.manual_seed(11)
+    ours = policy.diffusion.compute_loss(batch).imitation
+    torch.manual_seed(11)
+    theirs, _ = stock.forward(batch)
+    torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("conditioning", ["latent", "raw"])
+def test_inference_conditioning(conditioning):
+    policy = tiny_policy(inference_conditioning=conditioning).eval()
+    batch = lowdim_batch()
+    latent = policy.encode_latent(batch)
+    expected = latent.e if conditioning == "raw" else policy.decode_latent(latent.mu)
+    torch.testing.assert_close(policy.diffusion._prepare_global_conditioning(batch), expected)
+
+
+def test_raw_conditioning_needs_a_generator_trained_on_e():
+    with pytest.raises(ValueError, match="inference_conditioning='raw'"):
+        tiny_policy(vib_training="joint", inference_conditioning="raw")
+
+
+def test_posthoc_optimises_only_the_vib():
+    policy = tiny_policy(vib_training="posthoc")
+    assert {id(p) for p in policy.trainable_parameters()} == {id(p) for p in policy.diffusion.vib.parameters()}
+    assert len(tiny_policy().trainable_parameters()) == len(list(policy.parameters()))
 
 
 def test_beta_warmup_is_linear():

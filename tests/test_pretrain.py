@@ -155,10 +155,65 @@ def test_cli_smoke_run_records_an_mlflow_run(tiny_lift_dataset, tmp_path):
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert {"train/loss", "train/imitation_loss", "train/kl_loss", "val/loss", "eval/success_rate"} <= set(run.data.metrics)
-    assert run.data.params["model.init_args.head"] == "diffusion"
+    assert run.data.params["model.init_args.head"] == "flow"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"config.yaml", "policy"} <= artifacts
     assert any(a.startswith("last") for a in artifacts)
     policy_files = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "policy")}
     assert "policy/model.safetensors" in policy_files and "policy/config.json" in policy_files
     assert np.isfinite(run.data.metrics["train/loss"])
+
+
+def test_posthoc_vib_on_a_stock_lerobot_diffusion_policy(tiny_lift_dataset, tmp_path):
+    """A trained stock LeRobot DiffusionPolicy gets a VIB: only VIB weights train, lerobot's loaders read the export."""
+    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+    from lerobot.policies.diffusion.processor_diffusion import make_diffusion_pre_post_processors
+    from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+    from safetensors.torch import load_file
+
+    from zprl.policy import zprl_config_for
+
+    torch.manual_seed(0)
+    data = lift_data(tiny_lift_dataset)
+    data.setup("fit")
+    spec = data.spec
+    features = zprl_config_for(spec.state_dim, spec.env_state_dim, spec.action_dim)
+    config = DiffusionConfig(input_features=features.input_features, output_features=features.output_features,
+                             n_obs_steps=2, horizon=8, n_action_steps=4, down_dims=(16, 32), num_inference_steps=4,
+                             device="cpu")
+    stock = DiffusionPolicy(config)
+    pre, post = make_diffusion_pre_post_processors(config, dataset_stats=data.stats)
+    optimizer = torch.optim.Adam(stock.parameters(), lr=1e-3)
+    for batch, _ in zip(torch.utils.data.DataLoader(data.train_set, batch_size=16, shuffle=True), range(3)):
+        loss, _ = stock.forward(pre(batch))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    source = tmp_path / "stock"
+    for part in (stock, pre, post):
+        part.save_pretrained(source)
+
+    module = PretrainModule(z_dim=4, policy_overrides={"vib_hidden_dim": 32, "vib_num_layers": 1}, lr=3e-3,
+                            warmup_steps=2, base_policy=str(source), export_dir=str(tmp_path / "export"))
+    trainer(tmp_path, max_steps=5).fit(module, datamodule=data)
+    assert module.policy.config.vib_training == "posthoc"
+
+    before, after = load_file(source / "model.safetensors"), load_file(tmp_path / "export" / "model.safetensors")
+    vib_keys = {k for k in after if k.startswith("diffusion.vib.")}
+    assert vib_keys and set(after) - vib_keys - {"_extra_state"} == set(before)
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key  # bitwise the source's
+    loaded = get_policy_class("zprl").from_pretrained(tmp_path / "export")
+    loaded_pre, loaded_post = make_pre_post_processors(loaded.config, pretrained_path=str(tmp_path / "export"))
+    sample = data.train_set[0]
+    obs = {k: v[None, -1] for k, v in sample.items() if k.startswith("observation.")}
+    action = loaded_post(loaded.eval().select_action(loaded_pre(obs)))
+    assert action.shape == (1, spec.action_dim) and torch.isfinite(action).all()
+    # The raw path of the export is the source policy itself, action for action.
+    loaded.config.inference_conditioning = "raw"
+    loaded.reset()
+    stock.eval().reset()
+    noise = loaded.sample_noise(1, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loaded.select_action(loaded_pre(dict(obs)), noise=noise),
+                               stock.select_action(pre(dict(obs)), noise=noise))

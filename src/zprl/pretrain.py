@@ -18,7 +18,6 @@ from zprl.data.schema import DatasetSpec
 from zprl.rollout import LeRobotRolloutPolicy
 from zprl.tracking import mlflow_loggers
 
-
 CHECKPOINT_KEY = "zprl"
 
 
@@ -39,8 +38,63 @@ def build_policy(spec: DatasetSpec, stats: dict, n_obs_steps: int, horizon: int,
     return policy, preprocessor, postprocessor
 
 
+def build_posthoc_policy(source: str, spec: DatasetSpec, n_obs_steps: int, horizon: int,
+                         device: torch.device | str, **vib_fields: Any):
+    """A ZPRLPolicy wrapping a trained LeRobot ``DiffusionPolicy`` (local folder or hub repo id) with a new VIB.
+
+    Every non-VIB weight and both processors are the source's; the config is the source's plus
+    ``vib_fields`` with ``vib_training="posthoc"``, so only the VIB trains (its optimiser holds the VIB alone).
+    """
+    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+    from lerobot.processor import PolicyProcessorPipeline
+    from lerobot.processor.converters import policy_action_to_transition, transition_to_policy_action
+
+    from zprl.policy import ZPRLConfig, ZPRLPolicy, zprl_config_for
+    from zprl.policy_io import POSTPROCESSOR_FILE, PREPROCESSOR_FILE
+
+    base = DiffusionPolicy.from_pretrained(source)
+    fields = {f.name: getattr(base.config, f.name) for f in dataclasses.fields(DiffusionConfig) if f.init}
+    # The backbone's weights come from the source's state dict: never download torchvision's again.
+    fields.update(pretrained_backbone_weights=None, device=str(device))
+    config = ZPRLConfig(**fields, head="diffusion", **{**vib_fields, "vib_training": "posthoc"})
+    expected = zprl_config_for(spec.state_dim, spec.env_state_dim, spec.action_dim, camera_names=spec.camera_names,
+                               image_shape=spec.image_shape)
+    for name, ours, theirs in (("input features", expected.input_features, config.input_features),
+                               ("output features", expected.output_features, config.output_features),
+                               ("n_obs_steps", n_obs_steps, config.n_obs_steps), ("horizon", horizon, config.horizon)):
+        if ours != theirs:
+            raise ValueError(f"The base policy {source} has {name} {theirs}, but the data gives {ours}. Point "
+                             "`data` at the dataset the base policy was trained on (same keys, n_obs_steps, horizon).")
+    policy = ZPRLPolicy(config)
+    missing, unexpected = policy.load_state_dict(base.state_dict(), strict=False)
+    missing = [key for key in missing if not key.startswith("diffusion.vib.") and key != "_extra_state"]
+    if missing or unexpected:
+        raise ValueError(f"{source} is not a LeRobot DiffusionPolicy this zprl can wrap: missing {missing}, "
+                         f"unexpected {unexpected}.")
+    policy.requires_grad_(False)
+    policy.diffusion.vib.requires_grad_(True)
+    preprocessor = PolicyProcessorPipeline.from_pretrained(
+        source, config_filename=PREPROCESSOR_FILE, overrides={"device_processor": {"device": str(device)}})
+    postprocessor = PolicyProcessorPipeline.from_pretrained(
+        source, config_filename=POSTPROCESSOR_FILE, to_transition=policy_action_to_transition,
+        to_output=transition_to_policy_action)
+    return policy, preprocessor, postprocessor
+
+
+def processor_stats(preprocessor) -> dict[str, dict[str, np.ndarray]]:
+    """Normalisation statistics held by a LeRobot preprocessor pipeline, as {feature: {stat: array}}."""
+    stats: dict[str, dict[str, np.ndarray]] = {}
+    for step in preprocessor.steps:
+        if hasattr(step, "stats"):
+            for flat_key, tensor in step.state_dict().items():
+                feature, stat = flat_key.rsplit(".", 1)
+                stats.setdefault(feature, {})[stat] = tensor.cpu().numpy()
+    return stats
+
+
 class PretrainModule(L.LightningModule):
-    """Imitation pretraining of a VIB diffusion / flow-matching policy (loss = imitation + beta * KL).
+    """Imitation pretraining of a VIB diffusion / flow-matching policy (loss terms: ZPRLConfig.vib_training).
 
     The policy is built in ``configure_model`` from the DataModule's ``spec`` and ``stats`` (so the same
     config fits any dataset); ``n_obs_steps`` and ``horizon`` come from the DataModule. At the end of
@@ -52,14 +106,18 @@ class PretrainModule(L.LightningModule):
         bottleneck: False is the no-bottleneck ablation (identity path, no KL).
         z_dim / beta / beta_warmup_steps: VIB latent size and KL weight with linear warm-up.
         n_action_steps: executed part of each generated chunk.
-        policy_overrides: any other ZPRLConfig field (down_dims, num_inference_steps, vision_backbone...).
+        policy_overrides: any other ZPRLConfig field (vib_training, kl_reduction, vib_recon_weight,
+            inference_conditioning, down_dims, flow_num_steps, vision_backbone...).
+        base_policy: post-hoc plug-in: a trained LeRobot DiffusionPolicy (local folder or hub repo id). It is
+            frozen and only a new VIB trains; head / n_action_steps and every non-VIB field come from it.
         lr / weight_decay / warmup_steps / grad clipping: AdamW with warm-up + cosine decay (clip in Trainer).
         export_dir: where the LeRobot-format policy is written (default: <default_root_dir>/policy).
     """
 
-    def __init__(self, head: str = "diffusion", bottleneck: bool = True, z_dim: int = 16, beta: float = 1e-4,
+    def __init__(self, head: str = "diffusion", bottleneck: bool = True, z_dim: int = 16, beta: float = 2e-4,
                  beta_warmup_steps: int = 0, n_action_steps: int = 8, policy_overrides: dict | None = None,
-                 lr: float = 1e-4, weight_decay: float = 1e-6, warmup_steps: int = 500, export_dir: str | None = None):
+                 lr: float = 1e-4, weight_decay: float = 1e-6, warmup_steps: int = 500, export_dir: str | None = None,
+                 base_policy: str | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.policy = None
@@ -83,6 +141,15 @@ class PretrainModule(L.LightningModule):
             raise RuntimeError("PretrainModule builds its policy from a zprl PolicyDataModule: pass `data=` "
                                "(RobomimicDataModule or LeRobotDataModule) to the Trainer / LightningCLI.")
         self._spec, self._stats = datamodule.spec, datamodule.stats
+        if self.hparams.base_policy:
+            overrides = self.policy_config_overrides()
+            vib_fields = {key: overrides[key] for key in overrides if key.startswith(("vib_", "kl_")) or key in
+                          ("z_dim", "beta", "beta_warmup_steps", "bottleneck", "inference_conditioning")}
+            self.policy, self.preprocessor, self.postprocessor = build_posthoc_policy(
+                self.hparams.base_policy, datamodule.spec, datamodule.n_obs_steps, datamodule.horizon, self.device,
+                **vib_fields)
+            self._stats = processor_stats(self.preprocessor)  # the source's normalisation, not the data's
+            return
         self.policy, self.preprocessor, self.postprocessor = build_policy(
             datamodule.spec, datamodule.stats, datamodule.n_obs_steps, datamodule.horizon, self.device,
             **self.policy_config_overrides())
@@ -99,18 +166,18 @@ class PretrainModule(L.LightningModule):
                 f"Training loss became {loss.item()} at step {self.global_step}. Training stopped; the last good "
                 f"checkpoint is {last}. Lower `model.lr`, enable gradient clipping, or check the data for NaN.")
         self.log_dict({f"train/{k}": float(v) for k, v in info.items() if k != "loss"}, on_step=True,
-                      batch_size=batch["action"].shape[0])
+                      batch_size=batch["action"].shape[0])  # float: one host sync per step, in policy.forward
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["action"].shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, info = self._loss(batch)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["action"].shape[0])
-        self.log("val/imitation_loss", float(info["imitation_loss"]), sync_dist=True,
-                 batch_size=batch["action"].shape[0])
+        self.log_dict({f"val/{k}": float(v) for k, v in info.items() if k.endswith("imitation_loss")},
+                      sync_dist=True, batch_size=batch["action"].shape[0])
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.policy.parameters(), lr=self.hparams.lr,
+        optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=self.hparams.lr,
                                       weight_decay=self.hparams.weight_decay, betas=(0.95, 0.999))
         total = self.trainer.estimated_stepping_batches
         total = int(total) if math.isfinite(total) else 100_000

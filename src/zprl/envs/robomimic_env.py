@@ -93,6 +93,7 @@ class RobomimicEnv(gym.Env):
             use_image_obs=bool(self.camera_names),
         )
         self.robomimic_env.postprocess_visual_obs = False  # keep uint8 HWC; the policy normalises
+        self._placement_rng_state = None  # this env's own numpy stream for robosuite's placements (see reset)
         raw = self.robomimic_env.reset()
         spaces = {
             "observation.state": gym.spaces.Box(-np.inf, np.inf, (self._state(raw).shape[0],), np.float32),
@@ -121,12 +122,26 @@ class RobomimicEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        if seed is not None:
-            # robosuite's object placement samplers draw from numpy's global generator.
-            np.random.seed(seed)
-        raw = self.robomimic_env.reset()
+        if seed is not None or self._placement_rng_state is None:
+            self._placement_rng_state = np.random.RandomState(seed).get_state()
+        raw = self._with_own_global_rng(self.robomimic_env.reset)
         self.last_raw_obs = raw
         return self._observation(raw), {"is_success": False}
+
+    def _with_own_global_rng(self, fn):
+        """Run ``fn`` with numpy's global generator set to this env's own stream, then restore both.
+
+        robosuite's object placement samplers draw from numpy's global generator. Seeding it globally would
+        let one env's reset (say an evaluation env of a synchronous vector env) replay another env's object
+        placements; swapping the state in and out gives every env its own stream.
+        """
+        outer = np.random.get_state()
+        np.random.set_state(self._placement_rng_state)
+        try:
+            return fn()
+        finally:
+            self._placement_rng_state = np.random.get_state()
+            np.random.set_state(outer)
 
     def step(self, action):
         action = np.clip(np.asarray(action, dtype=np.float64), self.action_space.low, self.action_space.high)

@@ -12,16 +12,16 @@ from zprl.online.steering import LatentSteering
 
 
 class RecordingLatentSteering(LatentSteering):
-    """Latent steering that also records every latent it decodes (z' = mu + lambda * u)."""
+    """Latent steering that also records every latent it decodes (z' = mu + lambda * u at evaluation)."""
 
-    def __init__(self, scale: float):
-        super().__init__(scale)
+    def __init__(self, steering: LatentSteering):
+        super().__init__(steering.policy, steering.scale, steering.conditioning, steering.centre)
         self.latents: list[np.ndarray] = []
 
     @torch.no_grad()
-    def act(self, policy, ctx, u):
+    def act(self, ctx, u):
         self.latents.append(self.steered_latent(ctx, u).float().cpu().numpy())
-        return super().act(policy, ctx, u)
+        return super().act(ctx, u)
 
 
 def rollout_latents(module, num_episodes: int = 10, num_envs: int = 2, seed: int = 200_000) -> dict[str, np.ndarray]:
@@ -33,12 +33,14 @@ def rollout_latents(module, num_episodes: int = 10, num_envs: int = 2, seed: int
     if not isinstance(module.steering, LatentSteering):
         raise ValueError(f"Latent analysis needs a latent-steering run, got steering={module.hparams.steering!r}.")
     envs = make_vector_env(module.hparams.task, num_envs, asynchronous=False,
-                           max_episode_steps=module.hparams.max_episode_steps)
+                           max_episode_steps=module.hparams.max_episode_steps, **module.env_kwargs())
     out = {}
     try:
         for name, actor in (("base", _ZeroActor(module.action_dim)), ("steered", module.sac.actor)):
-            steering = RecordingLatentSteering(module.steering.scale)
-            policy = SteeredRolloutPolicy(SteeredAgent(*module.frozen, steering, num_envs, seed=seed), actor)
+            steering = RecordingLatentSteering(module.steering)
+            agent = SteeredAgent(*module.frozen, steering, num_envs, seed=seed,
+                                 generator_noise=module.hparams.generator_noise)
+            policy = SteeredRolloutPolicy(agent, actor)
             result = Evaluator(envs, num_episodes, seed=seed, progress=False).evaluate(policy)
             out[name] = np.concatenate(steering.latents)
             out[f"{name}_success"] = result.success_rate

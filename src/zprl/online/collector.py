@@ -13,6 +13,7 @@ observation and ignores that env's action.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ from zprl.online.steering import Steering, SteeringContext
 from zprl.rollout import env_obs_to_batch
 
 WARMUP_ACTIONS = ("zero", "random")
+GENERATOR_NOISE_RULES = ("fresh", "zero")
 
 
 class ObservationHistory:
@@ -59,16 +61,24 @@ class ObservationHistory:
 
 
 class SteeredAgent:
-    """The frozen policy with its processors and a steering, acting in ``num_envs`` envs chunk by chunk.
+    """The frozen policy with its processors and a steering (bound to it), acting in ``num_envs`` envs.
 
-    ``generator`` (on the policy's device) draws the base generator noise and any exploration randomness,
-    so a run is reproducible from its seed.
+    The one interface the collector, the evaluation and the latent analysis use: ``rl_obs_dim``,
+    ``rl_action_dim``, :meth:`observe` (RL observation of some envs), :meth:`act` (queue their steered chunk)
+    and ``steering.critic_action``. ``generator`` (on the policy's device) draws the base generator noise and
+    any exploration randomness, so a run is reproducible from its seed. ``generator_noise`` is the rule for
+    the generator's initial noise: "fresh" (a new draw per chunk, the authors') or "zero" (the deterministic
+    zero-noise generation); the noise-steering actor replaces it with its own.
     """
 
-    def __init__(self, policy, preprocessor, postprocessor, steering: Steering, num_envs: int, seed: int = 0):
+    def __init__(self, policy, preprocessor, postprocessor, steering: Steering, num_envs: int, seed: int = 0,
+                 generator_noise: str = "fresh"):
+        if generator_noise not in GENERATOR_NOISE_RULES:
+            raise ValueError(f"generator_noise must be one of {GENERATOR_NOISE_RULES}, got {generator_noise!r}.")
         self.policy, self.preprocessor, self.postprocessor = policy, preprocessor, postprocessor
         self.steering = steering
         self.num_envs = num_envs
+        self.generator_noise = generator_noise
         self.device = next(policy.parameters()).device
         self.generator = torch.Generator(self.device).manual_seed(seed)
         config = policy.config
@@ -78,6 +88,14 @@ class SteeredAgent:
         self.queue_len = np.zeros(num_envs, np.int64)
         self.queue_pos = np.zeros(num_envs, np.int64)
         self.clock = 0  # env steps since reset(); chunks are cut at multiples of chunk_steps
+
+    @property
+    def rl_obs_dim(self) -> int:
+        return self.steering.rl_obs_dim
+
+    @property
+    def rl_action_dim(self) -> int:
+        return self.steering.rl_action_dim
 
     def reset(self) -> None:
         """Forget every env's queue and restart the chunk clock (histories restart with ``history.start``)."""
@@ -94,16 +112,21 @@ class SteeredAgent:
         return self.queue_pos >= self.queue_len
 
     @torch.no_grad()
-    def context(self, idx: np.ndarray) -> SteeringContext:
-        """Steering context (RL observation, latent, base noise) for envs ``idx`` from their histories."""
+    def observe(self, idx: np.ndarray, explore: bool = False) -> SteeringContext:
+        """Steering context (RL observation, latent, base noise) of envs ``idx`` from their histories.
+
+        ``explore``: collecting training data (see :meth:`Steering.observe`); False at evaluation.
+        """
         batch = self.preprocessor(self.history.batch(idx, self.device))
         noise = self.policy.sample_noise(len(idx), self.generator)
-        return self.steering.observe(self.policy, batch, noise)
+        if self.generator_noise == "zero":
+            noise.zero_()
+        return self.steering.observe(batch, noise, explore=explore, generator=self.generator)
 
     @torch.no_grad()
-    def plan(self, idx: np.ndarray, ctx: SteeringContext, u: Tensor) -> None:
+    def act(self, idx: np.ndarray, ctx: SteeringContext, u: Tensor) -> None:
         """Steer with ``u``, unnormalise the executable actions and queue them for envs ``idx``."""
-        chunk = self.steering.act(self.policy, ctx, u)
+        chunk = self.steering.act(ctx, u)
         actions = self.postprocessor(chunk[:, self.policy.action_chunk_slice])
         length = self.chunk_steps - self.clock % self.chunk_steps
         self.queue[idx, :length] = actions[:, :length].float().cpu().numpy()
@@ -141,9 +164,9 @@ class SteeredRolloutPolicy:
             self.agent.history.push(obs, everyone)
         idx = np.flatnonzero(self.agent.needs_chunk())
         if len(idx):
-            ctx = self.agent.context(idx)
+            ctx = self.agent.observe(idx, explore=False)
             u = self.actor.deterministic(ctx.rl_obs) if self.actor is not None else ctx.rl_obs.new_zeros(len(idx), 0)
-            self.agent.plan(idx, ctx, u)
+            self.agent.act(idx, ctx, u)
         return self.agent.pop()
 
 
@@ -157,14 +180,27 @@ class CollectStats:
     episode_successes: list[bool] = field(default_factory=list)
     env_crashes: int = 0
     seconds: float = 0.0
+    steering_sums: dict[str, Tensor] = field(default_factory=dict)  # Steering.diagnostics, summed over chunks
+
+    def add_diagnostics(self, diagnostics: dict[str, Tensor]) -> None:
+        for key, value in diagnostics.items():
+            self.steering_sums[key] = self.steering_sums.get(key, 0.0) + value
 
     def as_metrics(self, prefix: str = "rollout/") -> dict[str, float]:
+        """Episode statistics, and RMS of the latent centre (``z_rms``), of mu (``mu_rms``), of the applied
+        perturbation scale * u (``step_rms``) and ``step_to_z_ratio`` (the authors' rule of thumb: ~0.1)."""
         metrics = {f"{prefix}env_steps_per_s": self.env_steps / max(self.seconds, 1e-9),
                    f"{prefix}episodes": float(len(self.episode_successes)),
                    f"{prefix}env_crashes": float(self.env_crashes)}
         if self.episode_successes:
             metrics[f"{prefix}success_rate"] = float(np.mean(self.episode_successes))
             metrics[f"{prefix}mean_return"] = float(np.mean(self.episode_returns))
+        sums = {key: float(value) for key, value in self.steering_sums.items()}  # one read-back per iteration
+        for name, count in (("step", "step_count"), ("z", "z_count"), ("mu", "z_count")):
+            if sums.get(count):
+                metrics[f"{prefix}{name}_rms"] = math.sqrt(sums[f"{name}_sq"] / sums[count])
+        if metrics.get(f"{prefix}z_rms"):
+            metrics[f"{prefix}step_to_z_ratio"] = metrics.get(f"{prefix}step_rms", 0.0) / metrics[f"{prefix}z_rms"]
         return metrics
 
 
@@ -172,15 +208,16 @@ class ChunkCollector:
     """Collects chunk-level (macro) transitions of the steered policy in a NEXT_STEP-autoreset vector env.
 
     A transition is one chunk: RL obs, u, R = sum_i gamma^i r_i over the k env steps executed, the RL obs
-    where the chunk ended, terminal = the episode ended by success termination (truncation is not
-    terminal) and discount = gamma^k. A chunk stops early when its episode ends. Transitions of crashed
-    episodes (``info["env_crashed"]``) are dropped and counted; the vector env resets that env. Chunks in
-    flight when ``collect`` returns are finished by the next call. ``warmup_action`` picks u during
-    warm-up: "zero" (the base policy, as in the paper) or "random" (uniform in (-1, 1)^d).
+    where the chunk ended, terminal and discount = gamma^k. A chunk stops early when its episode ends.
+    terminal is 1 when the episode ended by success termination, and also on a time-limit truncation unless
+    ``bootstrap_on_truncation`` (the authors never bootstrap at a done). Transitions of crashed episodes
+    (``info["env_crashed"]``) are dropped and counted; the vector env resets that env. Chunks in flight when
+    ``collect`` returns are finished by the next call. ``warmup_action`` picks u during warm-up: "zero" (the
+    base policy, as in the paper: the steering's ``warmup_u``) or "random" (uniform in (-1, 1)^d).
     """
 
     def __init__(self, envs: gym.vector.VectorEnv, agent: SteeredAgent, gamma: float, seed: int = 0,
-                 warmup_action: str = "zero"):
+                 warmup_action: str = "zero", bootstrap_on_truncation: bool = False):
         mode = AutoresetMode(envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP))
         if mode != AutoresetMode.NEXT_STEP:
             raise ValueError(f"ChunkCollector needs a vector env with autoreset_mode=NEXT_STEP, got {mode}; build it "
@@ -189,7 +226,12 @@ class ChunkCollector:
             raise ValueError(f"warmup_action must be one of {WARMUP_ACTIONS}, got {warmup_action!r}.")
         if envs.num_envs != agent.num_envs:
             raise ValueError(f"The agent acts in {agent.num_envs} envs but the vector env has {envs.num_envs}.")
-        self.envs, self.agent, self.gamma, self.seed, self.warmup_action = envs, agent, gamma, seed, warmup_action
+        self.envs = envs
+        self.agent = agent
+        self.gamma = gamma
+        self.seed = seed
+        self.warmup_action = warmup_action
+        self.bootstrap_on_truncation = bootstrap_on_truncation
         # Counters (checkpointed).
         self.env_steps = 0
         self.episodes = 0
@@ -215,11 +257,14 @@ class ChunkCollector:
         self.episode_return[:] = 0.0
         self.pending[:] = False
 
-    def _choose_u(self, rl_obs: Tensor, actor: Actor | None, warmup: bool) -> Tensor:
-        shape = (rl_obs.shape[0], self.agent.steering.rl_action_dim(self.agent.policy))
+    def _choose_u(self, ctx: SteeringContext, actor: Actor | None, warmup: bool) -> Tensor:
+        rl_obs = ctx.rl_obs
+        shape = (rl_obs.shape[0], self.agent.rl_action_dim)
         gen = self.agent.generator
-        if actor is None or (warmup and self.warmup_action == "zero"):
+        if actor is None:
             u = rl_obs.new_zeros(shape)
+        elif warmup and self.warmup_action == "zero":
+            u = self.agent.steering.warmup_u(ctx, gen)
         elif warmup:
             u = torch.rand(shape, generator=gen, device=rl_obs.device) * 2 - 1
         else:
@@ -250,23 +295,25 @@ class ChunkCollector:
         stats = CollectStats()
         out: list[Transitions] = []
         while stats.env_steps < num_env_steps:
-            self._plan_chunks(actor, warmup, out)
+            self._plan_chunks(actor, warmup, stats, out)
             self._step(stats, out)
         stats.seconds = time.perf_counter() - start_time
         stats.transitions = sum(len(t.obs) for t in out)
         batch = Transitions(*(torch.cat(parts) for parts in zip(*out))) if out else None
         return batch, stats
 
-    def _plan_chunks(self, actor: Actor | None, warmup: bool, out: list[Transitions]) -> None:
+    def _plan_chunks(self, actor: Actor | None, warmup: bool, stats: CollectStats, out: list[Transitions]) -> None:
         """New chunks for the envs whose queue ran out; their previous chunks become transitions."""
         idx = np.flatnonzero(self.agent.needs_chunk() & ~self.resetting)
         if len(idx) == 0:
             return
-        ctx = self.agent.context(idx)
+        ctx = self.agent.observe(idx, explore=True)
         finished = np.flatnonzero(self.pending[idx])  # positions in idx whose previous chunk just ran out
         self._finish(idx[finished], ctx.rl_obs[finished], np.zeros(len(finished)), out)
-        u = self._choose_u(ctx.rl_obs, actor, warmup)
-        self.agent.plan(idx, ctx, u)
+        u = self._choose_u(ctx, actor, warmup)
+        self.agent.act(idx, ctx, u)
+        if actor is not None:
+            stats.add_diagnostics(self.agent.steering.diagnostics(ctx, u))
         if self.pending_obs is None:
             self.pending_obs = ctx.rl_obs.new_zeros(self.envs.num_envs, ctx.rl_obs.shape[1])
             self.pending_u = u.new_zeros(self.envs.num_envs, u.shape[1])
@@ -290,13 +337,14 @@ class ChunkCollector:
         crashed = ended & _info_flag(info, "env_crashed", n)
         self.agent.history.push(obs, live)
         self.agent.history.start(obs, self.resetting)
-        # Time-limit truncations bootstrap from the last observation; success terminations need no next obs.
+        # A bootstrapped truncation needs the last observation; terminal chunks need no next obs.
         kept = ended & ~crashed
-        bootstrap = np.flatnonzero(kept & ~terminated)
+        truncated_kept = kept & ~terminated
+        bootstrap = np.flatnonzero(truncated_kept) if self.bootstrap_on_truncation else np.zeros(0, np.int64)
         if len(bootstrap):
-            self._finish(bootstrap, self.agent.context(bootstrap).rl_obs, np.zeros(len(bootstrap)), out)
-        success = np.flatnonzero(kept & terminated)
-        self._finish(success, self.pending_obs[success], np.ones(len(success)), out)
+            self._finish(bootstrap, self.agent.observe(bootstrap, explore=True).rl_obs, np.zeros(len(bootstrap)), out)
+        final = np.flatnonzero(kept & terminated if self.bootstrap_on_truncation else kept)
+        self._finish(final, self.pending_obs[final], np.ones(len(final)), out)
         self.pending[crashed] = False
 
         for i in np.flatnonzero(ended):

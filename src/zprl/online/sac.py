@@ -1,13 +1,15 @@
-"""Soft actor-critic over chunk-level macro actions (CleanRL-style, with a critic ensemble).
+"""Soft actor-critic over chunk-level macro actions (CleanRL-style, with a vectorised critic ensemble).
 
 One RL step = one action chunk of k env steps: the buffer stores the summed discounted reward and the
 per-transition discount gamma^k, so the TD target is ``r + (1 - terminal) * discount * V(s')``.
-The actor outputs u in (-1, 1)^d; a :mod:`zprl.online.steering` turns u into a bounded perturbation.
+The actor outputs u in (-1, 1)^d; a :mod:`zprl.online.steering` turns u into a bounded perturbation and
+tells the critic what to score (``critic_action``: the perturbed latent / action, as in the authors' code).
+Defaults follow the authors' ZPRL SAC (docs/REFERENCE_MAP.md); each difference is a field.
 """
 
 from __future__ import annotations
 
-import copy
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +20,9 @@ from torch import Tensor, nn
 
 from zprl.online.replay_buffer import Transitions
 
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "mish": nn.Mish}
+CriticAction = Callable[[Tensor, Tensor], Tensor]
+
 
 class CriticDivergenceError(RuntimeError):
     """Q-values or SAC losses became NaN/inf or exceeded ``SACConfig.q_divergence_threshold``."""
@@ -25,77 +30,130 @@ class CriticDivergenceError(RuntimeError):
 
 @dataclass
 class SACConfig:
-    """SAC hyper-parameters.
+    """SAC hyper-parameters (defaults: the authors' ZPRL settings).
 
     Args:
-        hidden_dims: widths of the actor and critic MLPs.
-        num_critics: size of the Q ensemble (LayerNorm MLPs); targets use the ensemble minimum.
+        hidden_dims: widths of the actor and critic MLPs (authors: 3 x 256).
+        activation: hidden activation of both ("gelu", "relu" or "mish").
+        critic_layer_norm: LayerNorm after each critic hidden layer (authors: off for robomimic).
+        bounded_q: squash the critic output to [0, 1] with 0.5 * (tanh(q) + 1) (authors: on; fits sparse 0/1
+            rewards with termination on success). False: unbounded linear output.
+        num_critics: size of the Q ensemble.
+        critic_subset: TD targets take the minimum over a random subset of this many target critics (REDQ;
+            equal to num_critics: the minimum over all).
+        actor_q_reduction: the actor maximises the "mean" (authors) or the "min" over the critics.
+        entropy_in_target: subtract alpha * log pi' in the TD target (standard SAC; authors: off).
+        critic_input: "steered": the critic scores the steered quantity the steering gives (perturbed latent or
+            action; authors); "residual": the critic scores u itself.
         actor_lr / critic_lr / alpha_lr: Adam learning rates.
-        init_alpha: initial entropy temperature (tuned automatically towards ``target_entropy``).
-        target_entropy: entropy target of the tanh-Gaussian; None means -action_dim.
+        init_alpha: initial entropy temperature (tuned automatically towards the target entropy).
+        target_entropy_per_dim: target entropy = this * action_dim (authors: -0.5); ``target_entropy`` overrides.
+        target_entropy: absolute entropy target, or None.
+        policy_freq: actor and temperature update every this many critic updates (authors: 2).
+        target_freq: Polyak update of the target critics every this many critic updates (authors: 2).
         tau: Polyak rate of the target critics.
+        grad_clip_norm: gradient-norm clip of critics and actor (authors: 50; 0: off).
         gamma: per env-step discount; a macro step of k env steps is discounted by gamma^k.
         batch_size: transitions per update.
         reward_scale: multiplies rewards in the TD target.
         residual_penalty: weight of mean(tanh(m)^2), the deterministic residual's squared size, in the actor
-            loss: keeps the steering near zero (the base policy) where the critic gives no evidence to move.
+            loss (authors: 0; zprl's earlier conservative default was 1).
         q_divergence_threshold: |Q| or |TD target| above this raises :class:`CriticDivergenceError`.
         log_std_min / log_std_max: range of the actor's log standard deviation (before tanh).
+        init_log_std_logit: the log-std head's bias at initialisation; 0 puts log std at the middle of its
+            range (-4 for [-10, 2]: sigma ~ 0.02, the authors' small first kicks).
     """
 
-    hidden_dims: Sequence[int] = (256, 256)
+    hidden_dims: Sequence[int] = (256, 256, 256)
+    activation: str = "gelu"
+    critic_layer_norm: bool = False
+    bounded_q: bool = True
     num_critics: int = 2
-    actor_lr: float = 3e-4
+    critic_subset: int = 2
+    actor_q_reduction: str = "mean"
+    entropy_in_target: bool = False
+    critic_input: str = "steered"
+    actor_lr: float = 1e-4
     critic_lr: float = 3e-4
     alpha_lr: float = 3e-4
-    init_alpha: float = 0.1
+    init_alpha: float = 0.01
+    target_entropy_per_dim: float = -0.5
     target_entropy: float | None = None
+    policy_freq: int = 2
+    target_freq: int = 2
     tau: float = 0.005
+    grad_clip_norm: float = 50.0
     gamma: float = 0.99
     batch_size: int = 256
     reward_scale: float = 1.0
     residual_penalty: float = 0.0
     q_divergence_threshold: float = 1e4
-    log_std_min: float = -5.0
+    log_std_min: float = -10.0
     log_std_max: float = 2.0
+    init_log_std_logit: float = 0.0
 
     def __post_init__(self):
-        if self.num_critics < 1:
-            raise ValueError(f"num_critics must be >= 1, got {self.num_critics}.")
+        if self.num_critics < 1 or not 1 <= self.critic_subset <= self.num_critics:
+            raise ValueError(f"Need num_critics >= 1 and 1 <= critic_subset <= num_critics; got "
+                             f"num_critics={self.num_critics}, critic_subset={self.critic_subset}.")
         if not 0.0 < self.gamma <= 1.0 or not 0.0 < self.tau <= 1.0:
             raise ValueError(f"Need 0 < gamma <= 1 and 0 < tau <= 1; got gamma={self.gamma}, tau={self.tau}.")
-        if self.init_alpha <= 0:
-            raise ValueError(f"init_alpha must be > 0, got {self.init_alpha}.")
-        if self.residual_penalty < 0:
-            raise ValueError(f"residual_penalty must be >= 0, got {self.residual_penalty}.")
+        for name in ("init_alpha", "actor_lr", "critic_lr", "alpha_lr"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"sac.{name} must be > 0, got {getattr(self, name)}.")
+        for name in ("batch_size", "policy_freq", "target_freq"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"sac.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.residual_penalty < 0 or self.grad_clip_norm < 0:
+            raise ValueError(f"Need residual_penalty >= 0 and grad_clip_norm >= 0; got {self.residual_penalty}, "
+                             f"{self.grad_clip_norm}.")
+        choices = {"activation": tuple(ACTIVATIONS), "actor_q_reduction": ("mean", "min"),
+                   "critic_input": ("steered", "residual")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"sac.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
 
 
-def mlp(in_dim: int, hidden_dims: Sequence[int], out_dim: int, layer_norm: bool = False) -> nn.Sequential:
-    """Linear (+ LayerNorm) + ReLU hidden layers and a linear output layer."""
+def mlp(in_dim: int, hidden_dims: Sequence[int], out_dim: int, activation: str = "relu") -> nn.Sequential:
+    """Linear + activation hidden layers and a linear output layer."""
     layers: list[nn.Module] = []
     for width in hidden_dims:
-        layers += [nn.Linear(in_dim, width), *([nn.LayerNorm(width)] if layer_norm else []), nn.ReLU()]
+        layers += [nn.Linear(in_dim, width), ACTIVATIONS[activation]()]
         in_dim = width
     layers.append(nn.Linear(in_dim, out_dim))
     return nn.Sequential(*layers)
 
 
 class Actor(nn.Module):
-    """Tanh-Gaussian policy u = tanh(m + s * eps); the output layer starts at zero, so the mean action is 0."""
+    """Tanh-Gaussian policy u = tanh(m + s * eps).
 
-    def __init__(self, obs_dim: int, action_dim: int, hidden_dims: Sequence[int], log_std_min: float = -5.0,
-                 log_std_max: float = 2.0):
+    Hidden layers use orthogonal init (gain sqrt 2) as the authors'; the mean head starts at zero, so the
+    first evaluation is exactly the base policy, and the log-std head at ``init_log_std_logit`` with small
+    weights (gain 0.01), so the first exploration kicks are small.
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_dims: Sequence[int], activation: str = "gelu",
+                 log_std_min: float = -10.0, log_std_max: float = 2.0, init_log_std_logit: float = 0.0):
         super().__init__()
-        self.net = mlp(obs_dim, hidden_dims, 2 * action_dim)
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        self.trunk = mlp(obs_dim, hidden_dims[:-1], hidden_dims[-1], activation)
+        self.trunk.append(ACTIVATIONS[activation]())
+        for layer in self.trunk:
+            if isinstance(layer, nn.Linear):
+                nn.init.orthogonal_(layer.weight, math.sqrt(2))
+                nn.init.zeros_(layer.bias)
+        self.mean = nn.Linear(hidden_dims[-1], action_dim)
+        self.log_std = nn.Linear(hidden_dims[-1], action_dim)
+        nn.init.zeros_(self.mean.weight)
+        nn.init.zeros_(self.mean.bias)
+        nn.init.orthogonal_(self.log_std.weight, 0.01)
+        nn.init.constant_(self.log_std.bias, init_log_std_logit)
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-std of the pre-tanh Gaussian (log-std squashed into its range as in CleanRL)."""
-        mean, log_std = self.net(obs).chunk(2, dim=-1)
-        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1)
-        return mean, log_std
+        h = self.trunk(obs)
+        log_std = torch.tanh(self.log_std(h))
+        return self.mean(h), self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1)
 
     def sample(self, obs: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Reparameterised u in (-1, 1)^d, its log-probability (B,) and the deterministic action tanh(m)."""
@@ -112,92 +170,172 @@ class Actor(nn.Module):
         return torch.tanh(self(obs)[0])
 
 
-class CriticEnsemble(nn.Module):
-    """``num_critics`` independent Q(s, u) LayerNorm MLPs evaluated together: output (num_critics, B)."""
+class EnsembleLinear(nn.Module):
+    """``num_members`` independent Linear layers applied in one batched matmul: (E, B, in) -> (E, B, out).
 
-    def __init__(self, obs_dim: int, action_dim: int, hidden_dims: Sequence[int], num_critics: int):
+    Each member is initialised as ``nn.Linear`` would be (Kaiming-uniform weights, uniform bias).
+    """
+
+    def __init__(self, num_members: int, in_dim: int, out_dim: int):
         super().__init__()
-        self.critics = nn.ModuleList(
-            mlp(obs_dim + action_dim, hidden_dims, 1, layer_norm=True) for _ in range(num_critics))
+        self.weight = nn.Parameter(torch.empty(num_members, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(num_members, 1, out_dim))
+        for member in range(num_members):
+            layer = nn.Linear(in_dim, out_dim)
+            with torch.no_grad():
+                self.weight[member] = layer.weight.T
+                self.bias[member, 0] = layer.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class CriticEnsemble(nn.Module):
+    """``num_critics`` independent Q(s, a) MLPs evaluated together in batched matmuls: output (num_critics, B).
+
+    Equivalent to a list of per-critic MLPs with the same weights (member i of every layer is critic i),
+    at one kernel per layer instead of one per layer and critic.
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_dims: Sequence[int], num_critics: int,
+                 activation: str = "gelu", layer_norm: bool = False, bounded: bool = True):
+        super().__init__()
+        self.num_critics, self.bounded = num_critics, bounded
+        dims = [obs_dim + action_dim, *hidden_dims]
+        self.hidden = nn.ModuleList(EnsembleLinear(num_critics, i, o) for i, o in itertools.pairwise(dims))
+        self.norms = nn.ModuleList(_EnsembleLayerNorm(num_critics, width) for width in hidden_dims) if layer_norm \
+            else None
+        self.activation = ACTIVATIONS[activation]()
+        self.out = EnsembleLinear(num_critics, dims[-1], 1)
 
     def forward(self, obs: Tensor, action: Tensor) -> Tensor:
-        x = torch.cat([obs, action], dim=-1)
-        return torch.stack([critic(x).squeeze(-1) for critic in self.critics])
+        x = torch.cat([obs, action], dim=-1).expand(self.num_critics, -1, -1)
+        for i, layer in enumerate(self.hidden):
+            x = layer(x)
+            if self.norms is not None:
+                x = self.norms[i](x)
+            x = self.activation(x)
+        q = self.out(x).squeeze(-1)
+        return 0.5 * (torch.tanh(q) + 1.0) if self.bounded else q
+
+
+class _EnsembleLayerNorm(nn.Module):
+    """LayerNorm over the last dim with a separate affine transform per ensemble member."""
+
+    def __init__(self, num_members: int, width: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_members, 1, width))
+        self.bias = nn.Parameter(torch.zeros(num_members, 1, width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
 
 
 class SAC(nn.Module):
     """Actor, critic ensemble, target critics and the entropy temperature, with one update step.
 
     Optimisers are created by :meth:`configure_optimizers` (so Lightning owns and checkpoints them) and
-    passed to :meth:`update` in the same order: actor, critic, alpha.
+    passed to :meth:`update` in the same order: actor, critic, alpha. ``critic_action(obs, u)`` maps a
+    residual to what the critic scores (a steering's ``critic_action``); it is used when
+    ``config.critic_input == "steered"``.
     """
 
-    def __init__(self, obs_dim: int, action_dim: int, config: SACConfig | None = None):
+    def __init__(self, obs_dim: int, action_dim: int, config: SACConfig | None = None,
+                 critic_action: CriticAction | None = None):
         super().__init__()
         self.config = config = config or SACConfig()
         if action_dim < 1:
             raise ValueError(f"SAC needs action_dim >= 1, got {action_dim}.")
-        self.actor = Actor(obs_dim, action_dim, config.hidden_dims, config.log_std_min, config.log_std_max)
-        self.critic = CriticEnsemble(obs_dim, action_dim, config.hidden_dims, config.num_critics)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor = Actor(obs_dim, action_dim, config.hidden_dims, config.activation, config.log_std_min,
+                           config.log_std_max, config.init_log_std_logit)
+        critic_kwargs = {"activation": config.activation, "layer_norm": config.critic_layer_norm,
+                         "bounded": config.bounded_q}
+        self.critic = CriticEnsemble(obs_dim, action_dim, config.hidden_dims, config.num_critics, **critic_kwargs)
+        self.critic_target = CriticEnsemble(obs_dim, action_dim, config.hidden_dims, config.num_critics,
+                                            **critic_kwargs).requires_grad_(False)
+        self.critic_target.load_state_dict(self.critic.state_dict())
         self.log_alpha = nn.Parameter(torch.tensor(math.log(config.init_alpha)))
-        self.target_entropy = float(-action_dim if config.target_entropy is None else config.target_entropy)
+        self.target_entropy = float(config.target_entropy if config.target_entropy is not None
+                                    else config.target_entropy_per_dim * action_dim)
+        use_steered = config.critic_input == "steered" and critic_action is not None
+        self._critic_action = critic_action if use_steered else (lambda obs, u: u)
+        self.num_critic_updates = 0  # drives policy_freq / target_freq; checkpointed by the owner
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         c = self.config
-        return [torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr),
-                torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr),
+        return [torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr, foreach=True),
+                torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, foreach=True),
                 torch.optim.Adam([self.log_alpha], lr=c.alpha_lr)]
 
-    def update(self, batch: Transitions, optimizers: Sequence, backward: Callable[[Tensor], None] = Tensor.backward,
-               generator: torch.Generator | None = None) -> dict[str, float]:
-        """One critic, actor and temperature step on ``batch``; returns float metrics.
+    def q_values(self, critic: CriticEnsemble, obs: Tensor, u: Tensor) -> Tensor:
+        """(num_critics, B) Q-values of residuals u at ``obs`` through the steering's critic action."""
+        return critic(obs, self._critic_action(obs, u))
 
-        ``backward`` lets Lightning's ``manual_backward`` run the backward passes. Raises
-        :class:`CriticDivergenceError` if anything became non-finite or |Q| exceeds the threshold.
+    def update(self, batch: Transitions, optimizers: Sequence, backward: Callable[[Tensor], None] = Tensor.backward,
+               generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """One critic step, and the actor, temperature and Polyak steps when their frequency is due.
+
+        Returns detached scalar tensors (no host sync here: the caller reads them back once per iteration and
+        passes them to :meth:`check_divergence`); actor-side metrics only on steps that updated the actor.
+        ``backward`` lets Lightning's ``manual_backward`` run the backward passes.
         """
         actor_opt, critic_opt, alpha_opt = optimizers
         c = self.config
         alpha = self.log_alpha.exp().detach()
+        self.num_critic_updates += 1
 
         with torch.no_grad():
             next_u, next_log_prob, _ = self.actor.sample(batch.next_obs, generator)
-            next_v = self.critic_target(batch.next_obs, next_u).min(0).values - alpha * next_log_prob
+            next_q = self.q_values(self.critic_target, batch.next_obs, next_u)
+            if c.critic_subset < c.num_critics:
+                subset = torch.randperm(c.num_critics, generator=generator, device=next_q.device)[:c.critic_subset]
+                next_q = next_q[subset]
+            next_v = next_q.min(0).values
+            if c.entropy_in_target:
+                next_v = next_v - alpha * next_log_prob
             target_q = c.reward_scale * batch.reward + (1.0 - batch.terminal) * batch.discount * next_v
-        q = self.critic(batch.obs, batch.action)
+        q = self.q_values(self.critic, batch.obs, batch.action)
         critic_loss = F.mse_loss(q, target_q.expand_as(q), reduction="none").mean(1).sum()
         critic_opt.zero_grad()
         backward(critic_loss)
+        if c.grad_clip_norm:
+            nn.utils.clip_grad_norm_(self.critic.parameters(), c.grad_clip_norm, foreach=True)
         critic_opt.step()
+        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean(), "target_q_mean": target_q.mean(),
+                   "q_abs_max": torch.maximum(q.detach().abs().max(), target_q.abs().max())}
 
+        if self.num_critic_updates % c.policy_freq == 0:
+            metrics |= self._actor_and_alpha_step(batch, actor_opt, alpha_opt, alpha, backward, generator)
+        if self.num_critic_updates % c.target_freq == 0:
+            with torch.no_grad():
+                torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), c.tau)
+        return metrics
+
+    def _actor_and_alpha_step(self, batch: Transitions, actor_opt, alpha_opt, alpha: Tensor,
+                              backward: Callable[[Tensor], None], generator: torch.Generator | None
+                              ) -> dict[str, Tensor]:
+        c = self.config
         u, log_prob, residual = self.actor.sample(batch.obs, generator)
-        actor_loss = ((alpha * log_prob - self.critic(batch.obs, u).min(0).values).mean()
-                      + c.residual_penalty * residual.square().mean())
+        q_pi = self.q_values(self.critic, batch.obs, u)
+        q_pi = q_pi.mean(0) if c.actor_q_reduction == "mean" else q_pi.min(0).values
+        actor_loss = (alpha * log_prob - q_pi).mean() + c.residual_penalty * residual.square().mean()
         actor_opt.zero_grad()
         backward(actor_loss)
+        if c.grad_clip_norm:
+            nn.utils.clip_grad_norm_(self.actor.parameters(), c.grad_clip_norm, foreach=True)
         actor_opt.step()
 
         alpha_loss = -(self.log_alpha.exp() * (log_prob.detach() + self.target_entropy)).mean()
         alpha_opt.zero_grad()
         backward(alpha_loss)
         alpha_opt.step()
+        return {"actor_loss": actor_loss.detach(), "alpha_loss": alpha_loss.detach(), "alpha": alpha,
+                "entropy": -log_prob.detach().mean(), "residual_abs": residual.detach().abs().mean()}
 
-        with torch.no_grad():
-            for target, online in zip(self.critic_target.parameters(), self.critic.parameters(), strict=True):
-                target.lerp_(online, c.tau)
-
-        names = ("critic_loss", "actor_loss", "alpha_loss", "alpha", "entropy", "residual_abs", "q_mean", "q_abs_max",
-                 "target_q_mean")
-        values = torch.stack([critic_loss.detach(), actor_loss.detach(), alpha_loss.detach(), alpha,
-                              -log_prob.detach().mean(), residual.detach().abs().mean(), q.detach().mean(),
-                              torch.maximum(q.detach().abs().max(), target_q.abs().max()), target_q.mean()]).tolist()
-        metrics = dict(zip(names, values, strict=True))
-        self._check_divergence(metrics)
-        return metrics
-
-    def _check_divergence(self, metrics: dict[str, float]) -> None:
+    def check_divergence(self, metrics: dict[str, float]) -> None:
+        """Raise :class:`CriticDivergenceError` if a metric is non-finite or |Q| passed the threshold."""
         bad = [name for name, value in metrics.items() if not math.isfinite(value)]
-        if bad or metrics["q_abs_max"] > self.config.q_divergence_threshold:
+        if bad or metrics.get("q_abs_max", 0.0) > self.config.q_divergence_threshold:
             problem = (f"non-finite {', '.join(bad)}" if bad else
                        f"|Q| (or its TD target) reached {metrics['q_abs_max']:.3g} > q_divergence_threshold "
                        f"{self.config.q_divergence_threshold:.3g}")

@@ -8,7 +8,11 @@ from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
 from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
 from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
 
+from .vib import ACTIVATIONS, KL_REDUCTIONS
+
 HEADS = ("diffusion", "flow")
+VIB_TRAINING = ("decoupled", "joint", "posthoc")
+CONDITIONINGS = ("latent", "raw")
 
 
 @PreTrainedConfig.register_subclass("zprl")
@@ -26,12 +30,24 @@ class ZPRLConfig(DiffusionConfig):
             (rectified flow: velocity prediction, `flow_num_steps` Euler steps from noise).
         bottleneck: insert the VIB between the observation encoder and the UNet conditioning.
             False is the no-bottleneck ablation: the exact identity path (mu = e, sigma = 0, KL = 0).
+        vib_training: how the VIB is trained (docs/REFERENCE_MAP.md).
+            "decoupled" (the authors'): the observation encoder and the generator train on the raw
+            embedding e with the stock loss; the VIB trains through a detached copy of the generator on
+            decode(z), z drawn from the detached e, plus beta * KL and `vib_recon_weight` * MSE(decode(z), e).
+            "joint": the generator only ever sees decode(z) (zprl before 2026-11-28).
+            "posthoc": only the VIB trains; encoder and generator are frozen (a plug-in on a trained policy).
+        inference_conditioning: what conditions the generator at inference: "latent" (decode(mu), the
+            authors') or "raw" (the embedding e, i.e. the policy without its bottleneck; needs a generator
+            trained on e, so not with `vib_training="joint"`).
         z_dim: dimension of the bottleneck latent z.
-        vib_hidden_dim: hidden width of the VIB encoder and decoder MLPs.
-        beta: weight of KL(q(z|e) || N(0, I)) in the loss.
+        vib_hidden_dim / vib_num_layers / vib_activation: VIB encoder and decoder MLPs (authors: 3 x 256 GELU).
+        beta: weight of KL(q(z|e) || N(0, I)) in the loss (authors: 2e-4 at z_dim 16 with the mean reduction).
+        kl_reduction: "mean" averages the KL over the z dimensions as the authors do (per-dimension weight
+            beta / z_dim); "sum" sums it (nats per sample, zprl before 2026-11-28).
+        vib_recon_weight: weight of MSE(decode(z), e) (decoupled and posthoc training; authors 0.01).
         beta_warmup_steps: the KL weight grows linearly from 0 to `beta` over this many training
-            forward passes (0: constant `beta`).
-        flow_num_steps: Euler steps of the flow head at inference.
+            forward passes (0: constant `beta`, the authors').
+        flow_num_steps: Euler steps of the flow head at inference (authors: 2 on robomimic).
         vision_backbone_timm: name of a timm CNN (e.g. "resnet18", "resnet10t") used instead of the
             torchvision `vision_backbone`; BatchNorm is replaced by GroupNorm when `use_group_norm`.
         pretrained_backbone: load timm's pretrained weights (downloads; only with `vision_backbone_timm`).
@@ -59,11 +75,17 @@ class ZPRLConfig(DiffusionConfig):
     # ZPRL fields.
     head: str = "diffusion"
     bottleneck: bool = True
+    vib_training: str = "decoupled"
+    inference_conditioning: str = "latent"
     z_dim: int = 16
     vib_hidden_dim: int = 256
-    beta: float = 1e-4
+    vib_num_layers: int = 3
+    vib_activation: str = "gelu"
+    beta: float = 2e-4
+    kl_reduction: str = "mean"
+    vib_recon_weight: float = 0.01
     beta_warmup_steps: int = 0
-    flow_num_steps: int = 10
+    flow_num_steps: int = 2
     vision_backbone_timm: str | None = None
     pretrained_backbone: bool = False
 
@@ -71,7 +93,19 @@ class ZPRLConfig(DiffusionConfig):
         super().__post_init__()
         if self.head not in HEADS:
             raise ValueError(f"`head` must be one of {HEADS}. Got {self.head!r}.")
-        for name in ("z_dim", "vib_hidden_dim", "flow_num_steps", "n_obs_steps", "horizon"):
+        choices = {"vib_training": VIB_TRAINING, "inference_conditioning": CONDITIONINGS,
+                   "kl_reduction": KL_REDUCTIONS, "vib_activation": tuple(ACTIVATIONS)}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"`{name}` must be one of {allowed}. Got {getattr(self, name)!r}.")
+        if self.vib_training == "joint" and self.inference_conditioning == "raw" and self.bottleneck:
+            raise ValueError(
+                "`inference_conditioning='raw'` needs a generator trained on the raw embedding; with "
+                "`vib_training='joint'` it only saw decode(z). Use 'latent', or train with 'decoupled'."
+            )
+        if self.vib_recon_weight < 0:
+            raise ValueError(f"`vib_recon_weight` must be >= 0. Got {self.vib_recon_weight}.")
+        for name in ("z_dim", "vib_hidden_dim", "vib_num_layers", "flow_num_steps", "n_obs_steps", "horizon"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1. Got {getattr(self, name)}.")
         if self.beta < 0:

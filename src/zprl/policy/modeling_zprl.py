@@ -1,14 +1,15 @@
 """ZPRL policy: LeRobot's diffusion policy with a VIB on its global conditioning and a diffusion or flow head.
 
 Pipeline: observations -> e (LeRobot's `_prepare_global_conditioning`) -> q(z|e) = N(mu, sigma^2)
--> z (reparameterised in training, mu in eval) -> decode(z) -> FiLM conditioning of the 1D UNet.
+-> decode(mu) -> FiLM conditioning of the 1D UNet. How the VIB trains (`vib_training`): "decoupled" (the
+authors': the UNet trains on e, the VIB through a detached UNet), "joint" or "posthoc" (VIB only).
 The online RL interface (`encode_latent`, `decode_latent`, `sample_noise`, `generate`) exposes each stage.
 """
 
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from lerobot.policies.diffusion.modeling_diffusion import (
     DiffusionModel,
     DiffusionPolicy,
@@ -20,6 +21,7 @@ from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot.policies.utils import get_device_from_parameters, get_dtype_from_parameters, get_output_shape
 from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from .configuration_zprl import ZPRLConfig
 from .vib import VariationalBottleneck
@@ -69,11 +71,31 @@ def _use_timm_backbone(encoder: DiffusionRgbEncoder, config: ZPRLConfig) -> None
     encoder.pool = SpatialSoftmax(feature_map_shape, num_kp=config.spatial_softmax_num_keypoints)
 
 
-class ZPRLModel(DiffusionModel):
-    """`DiffusionModel` with the VIB inserted in the global conditioning and a flow-matching alternative.
+class VIBLossTerms(NamedTuple):
+    """Loss terms of one batch; each None where the training mode does not compute it.
 
-    `compute_loss` returns (imitation loss, KL); LeRobot's `generate_actions` is inherited and goes
-    through the bottleneck via the overridden `_prepare_global_conditioning` and `conditional_sample`.
+    imitation: the generator's flow / diffusion loss on its training conditioning (the raw embedding e in
+        "decoupled" mode, decode(z) in "joint" mode, None in "posthoc" mode).
+    vib_imitation: the same loss of a detached copy of the generator conditioned on decode(z) (decoupled,
+        posthoc); its gradient reaches only the VIB.
+    kl: KL(q(z|e) || N(0, I)) with the config's reduction; recon: MSE(decode(z), e).
+    latent: the batch's LatentEncoding; z: the sampled latent (None without bottleneck).
+    """
+
+    imitation: Tensor | None
+    vib_imitation: Tensor | None
+    kl: Tensor | None
+    recon: Tensor | None
+    latent: LatentEncoding
+    z: Tensor | None
+
+
+class ZPRLModel(DiffusionModel):
+    """`DiffusionModel` with the VIB beside the global conditioning and a flow-matching alternative.
+
+    `compute_loss` returns the :class:`VIBLossTerms` of the configured `vib_training` mode; LeRobot's
+    `generate_actions` is inherited and conditions the generator as `inference_conditioning` says through
+    the overridden `_prepare_global_conditioning`.
     """
 
     config: ZPRLConfig
@@ -86,7 +108,8 @@ class ZPRLModel(DiffusionModel):
             for encoder in encoders:
                 _use_timm_backbone(encoder, config)
         self.vib = (
-            VariationalBottleneck(config.cond_dim, config.z_dim, config.vib_hidden_dim)
+            VariationalBottleneck(config.cond_dim, config.z_dim, config.vib_hidden_dim, config.vib_num_layers,
+                                  config.vib_activation)
             if config.bottleneck
             else None
         )
@@ -104,14 +127,12 @@ class ZPRLModel(DiffusionModel):
         """Latent -> UNet conditioning (identity without bottleneck)."""
         return z if self.vib is None else self.vib.decode(z)
 
-    def _bottleneck(self, latent: LatentEncoding) -> Tensor:
-        if self.vib is None:
-            return latent.e
-        z = self.vib.sample(latent.mu, latent.sigma) if self.training else latent.mu
-        return self.vib.decode(z)
-
     def _prepare_global_conditioning(self, batch: dict[str, Tensor]) -> Tensor:
-        return self._bottleneck(self.encode_latent(batch))
+        """Inference conditioning: decode(mu) ("latent"), or e ("raw", or without bottleneck)."""
+        latent = self.encode_latent(batch)
+        if self.vib is None or self.config.inference_conditioning == "raw":
+            return latent.e
+        return self.vib.decode(latent.mu)
 
     # ========= inference =========
     def sample_noise(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
@@ -155,10 +176,12 @@ class ZPRLModel(DiffusionModel):
         return t * self.config.num_train_timesteps
 
     # ========= training =========
-    def compute_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
-        """(imitation loss, KL(q(z|e) || N(0, I))); KL is None without bottleneck.
+    def compute_loss(self, batch: dict[str, Tensor]) -> VIBLossTerms:
+        """The loss terms of `vib_training` for one batch (see :class:`VIBLossTerms`).
 
         `batch` as in LeRobot's `DiffusionModel.compute_loss` (images stacked under `observation.images`).
+        Random draws happen in LeRobot's order (encoder crops, generator noise, timesteps) before the VIB's
+        own, so in "decoupled" mode `imitation` equals stock LeRobot's loss for the same seed and weights.
         """
         actions = batch[ACTION]
         if actions.shape[1] != self.config.horizon or batch[OBS_STATE].shape[1] != self.config.n_obs_steps:
@@ -167,36 +190,64 @@ class ZPRLModel(DiffusionModel):
                 f"(B, n_obs_steps={self.config.n_obs_steps}, D); got {tuple(actions.shape)} and "
                 f"{tuple(batch[OBS_STATE].shape)}. Check the dataset's delta timestamps."
             )
+        mode = self.config.vib_training
         latent = self.encode_latent(batch)
-        cond = self._bottleneck(latent)
-        if self.config.head == "diffusion":
-            pred, target = self._diffusion_prediction(actions, cond)
-        else:
-            pred, target = self._flow_prediction(actions, cond)
-        loss = F.mse_loss(pred, target, reduction="none")
-        if self.config.do_mask_loss_for_padding:
-            mask = ~batch["action_is_pad"].unsqueeze(-1)
-            imitation = (loss * mask).sum() / (mask.sum() * loss.shape[-1]).clamp_min(1)
-        else:
-            imitation = loss.mean()
-        return imitation, None if self.vib is None else self.vib.kl(latent.mu, latent.sigma)
+        x_in, timestep, target = self._noised_input(actions)
+        mask = ~batch["action_is_pad"].unsqueeze(-1) if self.config.do_mask_loss_for_padding else None
 
-    def _diffusion_prediction(self, actions: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
-        """DDPM: UNet output on a noised chunk and its target (noise or clean chunk per `prediction_type`)."""
-        eps = torch.randn_like(actions)
-        timesteps = torch.randint(
-            0, self.noise_scheduler.config.num_train_timesteps, (actions.shape[0],), device=actions.device
+        def generator_loss(cond: Tensor, detached: bool = False) -> Tensor:
+            if detached:  # a frozen copy: the gradient reaches `cond` (the VIB) but not the UNet's weights
+                params = {name: p.detach() for name, p in self.unet.named_parameters()}
+                pred = functional_call(self.unet, params, (x_in, timestep), {"global_cond": cond})
+            else:
+                pred = self.unet(x_in, timestep, global_cond=cond)
+            return _masked_mse(pred, target, mask)
+
+        if self.vib is None:
+            return VIBLossTerms(generator_loss(latent.e), None, None, None, latent, None)
+        if mode == "joint":
+            z = self.vib.sample(latent.mu, latent.sigma)
+            kl = self.vib.kl(latent.mu, latent.sigma, self.config.kl_reduction)
+            return VIBLossTerms(generator_loss(self.vib.decode(z)), None, kl, None, latent, z)
+        imitation = generator_loss(latent.e) if mode == "decoupled" else None
+        e = latent.e.detach()
+        mu, sigma = self.vib(e)
+        z = self.vib.sample(mu, sigma)
+        cond = self.vib.decode(z)
+        return VIBLossTerms(
+            imitation=imitation,
+            vib_imitation=generator_loss(cond, detached=True),
+            kl=self.vib.kl(mu, sigma, self.config.kl_reduction),
+            recon=F.mse_loss(cond, e),
+            latent=LatentEncoding(latent.e, mu, sigma),
+            z=z,
         )
-        noisy = self.noise_scheduler.add_noise(actions, eps, timesteps)
-        pred = self.unet(noisy, timesteps, global_cond=cond)
-        return pred, eps if self.config.prediction_type == "epsilon" else actions
 
-    def _flow_prediction(self, actions: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
-        """Rectified flow: x_t = (1 - t) x0 + t x1 with x0 noise, x1 the chunk; target velocity x1 - x0."""
-        x0 = torch.randn_like(actions)
+    def _noised_input(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(UNet input, timestep input, regression target) of the configured head for a clean chunk."""
+        eps = torch.randn_like(actions)
+        if self.config.head == "diffusion":  # DDPM, drawn as LeRobot does
+            timesteps = torch.randint(
+                0, self.noise_scheduler.config.num_train_timesteps, (actions.shape[0],), device=actions.device
+            ).long()
+            noisy = self.noise_scheduler.add_noise(actions, eps, timesteps)
+            return noisy, timesteps, eps if self.config.prediction_type == "epsilon" else actions
+        # Rectified flow: x_t = (1 - t) x0 + t x1 with x0 = eps, x1 the chunk; target velocity x1 - x0.
         t = torch.rand(actions.shape[0], device=actions.device, dtype=actions.dtype)
-        x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * actions
-        return self.unet(x_t, self._flow_timestep(t), global_cond=cond), actions - x0
+        x_t = (1 - t[:, None, None]) * eps + t[:, None, None] * actions
+        return x_t, self._flow_timestep(t), actions - eps
+
+
+def _masked_mse(pred: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean squared error, over the unpadded steps only when a (B, horizon, 1) mask is given (as LeRobot)."""
+    loss = F.mse_loss(pred, target, reduction="none")
+    if mask is None:
+        return loss.mean()
+    return (loss * mask).sum() / (mask.sum() * loss.shape[-1]).clamp_min(1)
+
+
+def _rms(x: Tensor) -> Tensor:
+    return x.square().mean().sqrt()
 
 
 class ZPRLPolicy(DiffusionPolicy):
@@ -250,15 +301,34 @@ class ZPRLPolicy(DiffusionPolicy):
         return batch
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        """Loss = imitation + beta_t * KL; info has floats `loss`, `imitation_loss`, `kl_loss`, `beta`."""
-        imitation, kl = self.diffusion.compute_loss(self._stack_cameras(batch))
+        """Training loss of the `vib_training` mode and float diagnostics.
+
+        loss = imitation + vib_imitation + beta_t * KL + vib_recon_weight * recon, each term where the mode
+        has it (:class:`VIBLossTerms`). Info: the terms as `imitation_loss`, `vib_imitation_loss`,
+        `kl_loss`, `recon_loss`, plus `kl_nats` (KL summed over z, per sample), `z_rms`, `mu_rms`,
+        `sigma_mean` and `beta`.
+        """
+        terms = self.diffusion.compute_loss(self._stack_cameras(batch))
         beta = self.kl_weight()
         if self.training:
             self.num_train_forwards += 1
-        loss = imitation if kl is None else imitation + beta * kl
-        losses = {"loss": loss, "imitation_loss": imitation} | ({} if kl is None else {"kl_loss": kl})
-        values = torch.stack([v.detach().float() for v in losses.values()]).tolist()  # one device sync
-        return loss, {"kl_loss": 0.0, **dict(zip(losses, values, strict=True)), "beta": beta}
+        weighted = {"imitation_loss": (terms.imitation, 1.0), "vib_imitation_loss": (terms.vib_imitation, 1.0),
+                    "kl_loss": (terms.kl, beta), "recon_loss": (terms.recon, self.config.vib_recon_weight)}
+        present = {name: value for name, (value, _) in weighted.items() if value is not None}
+        loss = sum(value * weighted[name][1] for name, value in present.items())
+        diagnostics = dict(present, loss=loss)
+        if terms.z is not None:
+            mu, sigma = terms.latent.mu.detach(), terms.latent.sigma.detach()
+            diagnostics |= {"kl_nats": VariationalBottleneck.kl(mu, sigma, "sum"), "z_rms": _rms(terms.z.detach()),
+                            "mu_rms": _rms(mu), "sigma_mean": sigma.mean()}
+        values = torch.stack([v.detach().float() for v in diagnostics.values()]).tolist()  # one device sync
+        return loss, {**dict(zip(diagnostics, values, strict=True)), "beta": beta}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the optimiser updates: every parameter, or only the VIB's in "posthoc" mode."""
+        if self.config.vib_training == "posthoc" and self.diffusion.vib is not None:
+            return list(self.diffusion.vib.parameters())
+        return list(self.parameters())
 
     # ========= online RL interface (docs/INTERFACES.md) =========
     def encode_latent(self, batch: dict[str, Tensor]) -> LatentEncoding:
