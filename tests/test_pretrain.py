@@ -181,6 +181,7 @@ def test_posthoc_vib_on_a_stock_lerobot_diffusion_policy(tiny_lift_dataset, tmp_
     features = zprl_config_for(spec.state_dim, spec.env_state_dim, spec.action_dim)
     config = DiffusionConfig(input_features=features.input_features, output_features=features.output_features,
                              n_obs_steps=2, horizon=8, n_action_steps=4, down_dims=(16, 32), num_inference_steps=4,
+                             noise_scheduler_type="DDIM",  # deterministic given the initial noise
                              device="cpu")
     stock = DiffusionPolicy(config)
     pre, post = make_diffusion_pre_post_processors(config, dataset_stats=data.stats)
