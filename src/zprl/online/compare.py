@@ -113,8 +113,8 @@ def summary_table(client: MlflowClient, curves: list[MethodCurve], runs: dict[st
     return pd.DataFrame(rows)
 
 
-def plot_success(curves: list[MethodCurve], title: str, path: Path) -> Path:
-    """Success rate vs env steps: seed mean with a ±1 std band per method."""
+def success_figure(curves: list[MethodCurve], title: str) -> plt.Figure:
+    """Success rate vs (nominal) env steps: seed mean with a ±1 std band per method."""
     fig, ax = plt.subplots(figsize=(7, 4.5))  # matplotlib picks a non-interactive backend when headless
     for curve in curves:
         ax.plot(curve.env_steps, curve.mean, marker="o", label=curve.method)
@@ -124,6 +124,12 @@ def plot_success(curves: list[MethodCurve], title: str, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot_success(curves: list[MethodCurve], title: str, path: Path) -> Path:
+    """:func:`success_figure` saved as an image at ``path``."""
+    fig = success_figure(curves, title)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
