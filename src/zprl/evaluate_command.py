@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from zprl.progress import phase
-from zprl.tracking import tracking_uri
 
 EXPERIMENT = "zprl-evaluate"
 
@@ -43,12 +42,11 @@ def results_path(policy: str | Path, task: str, seed: int) -> Path:
 
 def run_evaluate(options: EvaluateOptions) -> dict:
     """Evaluate, write the JSON results, log the MLflow run; returns the JSON content (and where it went)."""
-    from zprl.envs import get_task, make_vector_env
-    from zprl.evaluation import Evaluator
-
     with phase(f"Loading the policy from {options.policy} (imports torch and LeRobot)"):
         import torch
 
+        from zprl.envs import get_task, make_vector_env
+        from zprl.evaluation import Evaluator
         from zprl.policy_io import check_policy_matches_env, load_policy, policy_cameras
         from zprl.rollout import LeRobotRolloutPolicy
 
@@ -73,13 +71,16 @@ def run_evaluate(options: EvaluateOptions) -> dict:
               "lengths": result.lengths, "video_paths": result.video_paths}
     out_path.write_text(json.dumps(report, indent=2))
     if options.mlflow:
-        report["mlflow_run_id"] = _log_to_mlflow(options, metrics, out_path, result.video_paths)
+        with phase(f"Logging the run to MLflow (experiment {options.experiment})"):
+            report["mlflow_run_id"] = _log_to_mlflow(options, metrics, out_path, result.video_paths)
     return {**report, "results_path": str(out_path)}
 
 
 def _log_to_mlflow(options: EvaluateOptions, metrics: dict[str, float], json_path: Path,
                    video_paths: list[str]) -> str:
     import mlflow
+
+    from zprl.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_experiment(options.experiment)
@@ -97,6 +98,8 @@ def _log_to_mlflow(options: EvaluateOptions, metrics: dict[str, float], json_pat
 
 def print_evaluate_summary(report: dict, options: EvaluateOptions) -> None:
     """The metrics as JSON, then where they were written and what to run next."""
+    from zprl.tracking import tracking_uri
+
     print(json.dumps(report["metrics"], indent=2))
     print(f"\nResults written to {report['results_path']}")
     if "mlflow_run_id" in report:

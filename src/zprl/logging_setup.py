@@ -9,12 +9,15 @@ inherit it; :func:`zprl.compat` applies the same filters in every process that b
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import logging
 import os
 import sys
 import types
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 LOG_LEVEL_ENV = "ZPRL_LOG_LEVEL"
@@ -82,6 +85,20 @@ def silence_known_harmless() -> None:
             logger.addFilter(_DropMessages(fragments))
     for category, message in KNOWN_HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Swallow a library's ``print`` chatter (robomimic's env banners, per env and worker) in a zprl command.
+
+    Only where a zprl command configured logging (``ZPRL_LOG_LEVEL`` set) and below ``DEBUG``; a plain library
+    user sees everything.
+    """
+    if LOG_LEVEL_ENV not in os.environ or log_level() <= logging.DEBUG:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 def configure_logging(verbose: bool = False) -> int:
