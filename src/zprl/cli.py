@@ -13,12 +13,15 @@ from zprl.logging_setup import configure_logging
 
 def lightning_main(args: list[str] | None = None) -> None:
     """``lightning fit -c conf/pretrain.yaml`` / ``lightning fit -c conf/zprl_online.yaml`` (``--verbose``: all logs)."""
-    args = list(sys.argv[1:] if args is None else args)
-    verbose = "--verbose" in args
-    configure_logging(verbose=verbose)
+    argv = sys.argv[1:] if args is None else args
+    configure_logging(verbose="--verbose" in argv)
     from zprl.lightning_cli import run_lightning_cli  # imports Lightning after the log filters are in place
 
-    run_lightning_cli([a for a in args if a != "--verbose"])
+    if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
+        sys.argv[1:] = [a for a in sys.argv[1:] if a != "--verbose"]
+        run_lightning_cli(None)
+    else:
+        run_lightning_cli([a for a in args if a != "--verbose"])
 
 
 def _data_generate(ns: argparse.Namespace) -> None:

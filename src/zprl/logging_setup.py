@@ -29,11 +29,15 @@ PRIVATE_MACRO_PACKAGES = ("robosuite", "robomimic")
 KNOWN_HARMLESS_LOGS: dict[str, tuple[str, ...]] = {
     # Without a system FFmpeg, LeRobot logs torchcodec's ~100-line load error, then decodes videos with pyav.
     "lerobot.utils.import_utils": ("'torchcodec' is installed but cannot be loaded",),
+    # Lightning advertises its cloud services (litlogger, litmodels) at every fit.
+    "lightning.pytorch.utilities.rank_zero": ("Tip: For seamless cloud",),
 }
 # (category, message regex) of warnings.warn calls that are known to be harmless
 KNOWN_HARMLESS_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     # PretrainModule builds its policy in configure_model; nothing is sharded, so EMA needs one copy of the weights.
     (UserWarning, r"You're using the WeightAveraging callback with a model that overrides the configure_model"),
+    # Lightning's own pytree helper uses torch's deprecated LeafSpec (Lightning 2.6 with torch 2.11).
+    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
     # robosuite/__init__.py's ASCII logo has a backslash in a plain string (shown when its .pyc is compiled).
     (SyntaxWarning, r"invalid escape sequence"),
 )
