@@ -13,7 +13,6 @@ plugin distribution (``register_third_party_plugins``), which imports ``zprl.pol
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.machinery
 import sys
 from types import ModuleType
@@ -21,10 +20,11 @@ from types import ModuleType
 TRIGGER = "lerobot.policies"  # the package whose import brings LeRobot's policy registry into use
 
 
-class _RegisterAfterLoad(importlib.abc.Loader):
+# Plain classes, not importlib.abc subclasses: importing importlib.abc would cost `import zprl` more than the rest.
+class _RegisterAfterLoad:
     """Wraps the trigger package's loader: runs it, puts the original loader back, then registers zprl."""
 
-    def __init__(self, loader: importlib.abc.Loader):
+    def __init__(self, loader):
         self.loader = loader
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
@@ -36,7 +36,7 @@ class _RegisterAfterLoad(importlib.abc.Loader):
         importlib.import_module("zprl.policy")
 
 
-class _LeRobotPoliciesHook(importlib.abc.MetaPathFinder):
+class _LeRobotPoliciesHook:
     """One-shot finder: on the first import of ``lerobot.policies`` it removes itself and wraps that package's loader."""
 
     def find_spec(self, fullname: str, path, target=None) -> importlib.machinery.ModuleSpec | None:
