@@ -38,6 +38,8 @@ KNOWN_HARMLESS_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     (UserWarning, r"You're using the WeightAveraging callback with a model that overrides the configure_model"),
     # Lightning's own pytree helper uses torch's deprecated LeafSpec (Lightning 2.6 with torch 2.11).
     (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+    # pygame (under gym-pusht) imports pkg_resources at import time.
+    (UserWarning, r"pkg_resources is deprecated as an API"),
     # robosuite/__init__.py's ASCII logo has a backslash in a plain string (shown when its .pyc is compiled).
     (SyntaxWarning, r"invalid escape sequence"),
 )
