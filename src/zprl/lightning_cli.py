@@ -76,8 +76,9 @@ def fit_summary(trainer: pl.Trainer, model: pl.LightningModule, datamodule: pl.L
         policy = Path(model.hparams.export_dir or root / "policy")  # where PretrainModule.on_train_end exports
         task = _data_task(datamodule) or "<task>"
         lines += [f"Pretraining finished: {root}", f"  policy (LeRobot format): {policy}"]
-        online_command = (f"uv run lightning fit -c conf/zprl_online.yaml --model.init_args.policy_path={policy} "
-                          f"--model.init_args.task={task}")
+        overlay = Path(f"conf/online_{task}.yaml")  # a task overlay for the online config, where there is one
+        configs = "-c conf/zprl_online.yaml" + (f" -c {overlay}" if overlay.exists() else "")
+        online_command = f"uv run lightning fit {configs} --model.init_args.policy_path={policy} --model.init_args.task={task}"
         next_commands = [f"uv run zprl evaluate --policy {policy} --task {task} --episodes 50", online_command]
     elif online is not None and isinstance(model, online.OnlineRLModule):
         lines.append(f"Online run finished ({model.method_name} on {model.hparams.task}): {root}")
