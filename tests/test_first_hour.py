@@ -21,7 +21,7 @@ from zprl.cli import zprl_main
 from zprl.envs import make_vector_env
 from zprl.evaluation import Evaluator
 from zprl.lightning_cli import ZPRLLightningCLI, ZPRLProgressBar
-from zprl.online.compare import EVAL_EVERY_PARAM, method_curve, success_figure
+from zprl.online.compare import EVAL_EVERY_PARAM, create_child_run, method_curve, run_child, success_figure
 from zprl.policy import ZPRLPolicy, make_zprl_pre_post_processors, zprl_config_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,6 +145,22 @@ def test_compare_plot_uses_the_nominal_evaluation_steps(tmp_path):
     [line] = figure.axes[0].get_lines()
     assert line.get_xdata().tolist() == [0, 500, 1000]
     np.testing.assert_allclose(line.get_ydata(), [0.3, 0.5, 0.8])
+
+
+def test_compare_child_runs_are_scheduled_until_they_start(tmp_path, capsys, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("children")
+    parent = client.create_run(experiment)
+    run_id = create_child_run(client, experiment, parent.info.run_id, "zprl", 1, tmp_path / "zprl_seed1")
+    assert client.get_run(run_id).info.status == "SCHEDULED"
+    launch = ([str(tmp_path / "missing.yaml")], str(ROOT / "conf/methods/zprl.yaml"), 1, run_id, "children",
+              tmp_path / "zprl_seed1", "reach", [])
+    with pytest.raises(subprocess.CalledProcessError):  # the child's config does not exist: it fails at once
+        run_child(client, 3, 12, "zprl", 1, launch)
+    assert "=== run 3/12: zprl seed 1" in capsys.readouterr().out
+    assert client.get_run(run_id).info.status == "FAILED"
 
 
 # ---------------------------------------------------------------- zprl robomimic <script>
