@@ -32,16 +32,17 @@ KNOWN_HARMLESS_LOGS: dict[str, tuple[str, ...]] = {
     # Lightning advertises its cloud services (litlogger, litmodels) at every fit.
     "lightning.pytorch.utilities.rank_zero": ("Tip: For seamless cloud",),
 }
-# (category, message regex) of warnings.warn calls that are known to be harmless
-KNOWN_HARMLESS_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
+# (category, message regex, module regex) of warnings that are known to be harmless
+KNOWN_HARMLESS_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
     # PretrainModule builds its policy in configure_model; nothing is sharded, so EMA needs one copy of the weights.
-    (UserWarning, r"You're using the WeightAveraging callback with a model that overrides the configure_model"),
+    (UserWarning, r"You're using the WeightAveraging callback with a model that overrides the configure_model", ""),
     # Lightning's own pytree helper uses torch's deprecated LeafSpec (Lightning 2.6 with torch 2.11).
-    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated", ""),
     # pygame (under gym-pusht) imports pkg_resources at import time.
-    (UserWarning, r"pkg_resources is deprecated as an API"),
-    # robosuite/__init__.py's ASCII logo has a backslash in a plain string (shown when its .pyc is compiled).
-    (SyntaxWarning, r"invalid escape sequence"),
+    (UserWarning, r"pkg_resources is deprecated as an API", ""),
+    # robosuite/__init__.py's ASCII logo has a backslash in a plain string (a compile-time warning, whose
+    # "module" is the file path without .py).
+    (SyntaxWarning, r"invalid escape sequence", r".*robosuite[/\\]__init__$"),
 )
 
 
@@ -89,8 +90,8 @@ def silence_known_harmless() -> None:
         logger = logging.getLogger(name)  # the same object the library gets later, so the filter is in place
         if not any(isinstance(f, _DropMessages) for f in logger.filters):
             logger.addFilter(_DropMessages(fragments))
-    for category, message in KNOWN_HARMLESS_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category)
+    for category, message, module in KNOWN_HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
 
 
 @contextlib.contextmanager
