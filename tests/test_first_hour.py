@@ -88,6 +88,7 @@ def test_evaluate_logs_an_mlflow_run_and_writes_json_next_to_the_policy(reach_po
                                                                          capsys):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is ./mlruns
     zprl_main(["evaluate", "--policy", str(reach_policy_dir), "--task", "reach", "--episodes", "3", "--num-envs", "1",
                "--seed", "7", "--device", "cpu", "--video-dir", str(tmp_path / "videos")])
     out = capsys.readouterr().out
