@@ -66,6 +66,11 @@ def test_compare_logs_parent_child_runs_plot_and_table(comparison):
     table = (Path(client.download_artifacts(parents[0].info.run_id, "summary.csv"))).read_text()
     assert table.splitlines()[0].startswith("method,seeds,final_success_mean,final_success_std,steps_to_50,steps_to_80")
     assert "zprl,2," in table and "base_policy,2," in table
+    from zprl.online.compare import method_curve
+
+    for method in ("zprl", "base_policy"):  # the plot's x axis: the nominal steps, read from the runs' config
+        ids = [c.info.run_id for c in children if c.data.tags["method"] == method]
+        assert method_curve(client, method, ids).env_steps.tolist() == [0, 120, 240]
 
 
 def test_notebook_reproduces_the_comparison(comparison, tmp_path):
@@ -90,18 +95,19 @@ def test_notebook_reproduces_the_comparison(comparison, tmp_path):
     assert (tmp_path / "success_vs_env_steps.png").exists()
 
 
-def test_method_curve_holds_each_seed_between_its_evaluations(tmp_path):
+def test_method_curve_bins_evaluations_to_the_nominal_steps(tmp_path):
     from zprl.online.compare import method_curve
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     experiment = client.create_experiment("curves")
     runs = []
-    for history in ([(0, 0.2), (1010, 0.6), (2005, 1.0)], [(0, 0.4), (990, 0.8), (2020, 1.0)]):
+    # the collector overshoots the scheduled step by up to num_envs - 1; seed 1 missed the 1000 evaluation
+    for history in ([(0, 0.2), (1003, 0.6), (2005, 1.0)], [(0, 0.4), (2001, 0.8)]):
         run = client.create_run(experiment)
         for step, value in history:
             client.log_metric(run.info.run_id, "eval/success_rate", value, step=step)
         runs.append(run.info.run_id)
-    curve = method_curve(client, "zprl", runs)
-    assert curve.env_steps.tolist() == [0, 990, 1010, 2005, 2020]
-    assert curve.success.tolist() == [[0.2, 0.2, 0.6, 1.0, 1.0], [0.4, 0.8, 0.8, 0.8, 1.0]]
-    assert curve.steps_to(0.5) == 990 and curve.steps_to(0.7) == 1010 and curve.steps_to(0.95) == 2020
+    curve = method_curve(client, "zprl", runs, eval_every=1000)
+    assert curve.env_steps.tolist() == [0, 1000, 2000]
+    assert curve.success.tolist() == [[0.2, 0.6, 1.0], [0.4, 0.4, 0.8]]  # a skipped evaluation holds the last value
+    assert curve.steps_to(0.5) == 1000 and curve.steps_to(0.9) == 2000

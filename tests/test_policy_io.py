@@ -30,9 +30,9 @@ def test_incomplete_export_names_what_is_missing(tiny_reach_policy, tmp_path):
 
 def test_evaluate_command_prints_metrics(tiny_reach_policy, capsys):
     zprl_main(["evaluate", "--policy", str(tiny_reach_policy), "--task", "reach", "--episodes", "3",
-               "--num-envs", "1", "--device", "cpu"])
+               "--num-envs", "1", "--device", "cpu", "--no-mlflow"])
     out = capsys.readouterr().out
-    metrics = json.loads(out[out.rindex("{"):])
+    metrics = json.loads(out[out.index("{"):out.index("}") + 1])
     assert metrics["num_episodes"] == 3
     assert 0.0 <= metrics["success_rate"] <= 1.0 and metrics["mean_length"] > 0
     assert {"jerk", "action_delta", "mean_return", "env_crashes"} <= set(metrics)

@@ -149,6 +149,9 @@ def test_cli_smoke_run_records_an_mlflow_run(tiny_lift_dataset, tmp_path):
                "fit", "-c", "conf/pretrain.yaml", "-c", str(overlay), f"--trainer.logger.init_args.tracking_uri={uri}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    # the closing summary names the exported policy and the next commands
+    assert f"policy (LeRobot format): {tmp_path / 'run' / 'policy'}" in result.stdout
+    assert f"zprl evaluate --policy {tmp_path / 'run' / 'policy'} --task lift" in result.stdout
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["zprl-pretrain"], output_format="list")
     assert len(runs) == 1
@@ -158,7 +161,7 @@ def test_cli_smoke_run_records_an_mlflow_run(tiny_lift_dataset, tmp_path):
     assert run.data.params["model.init_args.head"] == "flow"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"config.yaml", "policy"} <= artifacts
-    assert any(a.startswith("last") for a in artifacts)
+    assert not any(a.startswith("last") for a in artifacts)  # checkpoint upload is opt-in (logger log_model)
     policy_files = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "policy")}
     assert "policy/model.safetensors" in policy_files and "policy/config.json" in policy_files
     assert np.isfinite(run.data.metrics["train/loss"])

@@ -4,34 +4,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
-import torch
-from jsonargparse import set_parsing_settings
-from lightning.pytorch.cli import LightningCLI
-
-from zprl.tracking import MLflowSaveConfigCallback
-
-
-class ZPRLLightningCLI(LightningCLI):
-    """LightningCLI in subclass mode with ``omegaconf+`` parsing: ``${...}`` interpolation is resolved on the
-    merged config (all ``-c`` files and command-line overrides), so overlays and overrides propagate."""
+from zprl.logging_setup import configure_logging
 
 
 def lightning_main(args: list[str] | None = None) -> None:
-    """``lightning fit -c conf/pretrain.yaml`` / ``lightning fit -c conf/zprl_online.yaml``."""
-    torch.set_float32_matmul_precision("high")
-    # Interpolations like ${model.init_args.task} are written relative to the subcommand's config.
-    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
-    ZPRLLightningCLI(
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=MLflowSaveConfigCallback,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "omegaconf+"},
-        args=args,
-        auto_configure_optimizers=False,
-    )
+    """``lightning fit -c conf/pretrain.yaml`` / ``lightning fit -c conf/zprl_online.yaml`` (``--verbose``: all logs)."""
+    argv = sys.argv[1:] if args is None else args
+    configure_logging(verbose="--verbose" in argv)
+    from zprl.lightning_cli import run_lightning_cli  # imports Lightning after the log filters are in place
+
+    if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
+        sys.argv[1:] = [a for a in sys.argv[1:] if a != "--verbose"]
+        run_lightning_cli(None)
+    else:
+        run_lightning_cli([a for a in args if a != "--verbose"])
 
 
 def _data_generate(ns: argparse.Namespace) -> None:
@@ -42,29 +32,23 @@ def _data_generate(ns: argparse.Namespace) -> None:
 
         root = generate_reach_dataset(ns.demos, ns.out, bias=tuple(ns.bias), seed=ns.seed, overwrite=ns.overwrite)
         print(f"Wrote {ns.demos} biased PointReach demos (LeRobot format) to {root}")
+        print(f"Next: uv run lightning fit -c conf/pretrain_reach.yaml --data.init_args.root={root}")
         return
     report = generate_dataset(ns.task, ns.demos, ns.out, seed=ns.seed, camera_names=tuple(ns.cameras),
                               camera_size=ns.camera_size, overwrite=ns.overwrite)
     print(json.dumps(report, indent=2, default=str))
+    print(f"\nWrote {report['hdf5']} (robomimic) and {report['lerobot_root']} (LeRobot); "
+          f"this summary is in {Path(ns.out) / 'report.json'}")
+    print(f"Next: uv run lightning fit -c conf/pretrain.yaml --data.init_args.hdf5_path={report['hdf5']}")
 
 
 def _evaluate(ns: argparse.Namespace) -> None:
-    from zprl.envs import make_vector_env
-    from zprl.evaluation import Evaluator
-    from zprl.policy_io import check_policy_matches_env, load_policy, policy_cameras
-    from zprl.rollout import LeRobotRolloutPolicy
+    from zprl.evaluate_command import EvaluateOptions, print_evaluate_summary, run_evaluate
 
-    policy, pre, post = load_policy(ns.policy, device=ns.device)
-    cameras, size = policy_cameras(policy.config)
-    envs = make_vector_env(ns.task, ns.num_envs, camera_names=cameras, camera_size=size,
-                           render_mode="rgb_array" if ns.video_dir else None)
-    try:
-        check_policy_matches_env(policy.config, envs.single_observation_space, envs.single_action_space)
-        result = Evaluator(envs, ns.episodes, seed=ns.seed, video_dir=ns.video_dir).evaluate(
-            LeRobotRolloutPolicy(policy, pre, post, ns.device))
-    finally:
-        envs.close()
-    print(json.dumps(result.as_metrics(prefix=""), indent=2))
+    options = EvaluateOptions(policy=ns.policy, task=ns.task, episodes=ns.episodes, num_envs=ns.num_envs,
+                              seed=ns.seed, device=ns.device, video_dir=ns.video_dir, experiment=ns.experiment,
+                              mlflow=not ns.no_mlflow)
+    print_evaluate_summary(run_evaluate(options), options)
 
 
 def _compare(ns: argparse.Namespace) -> None:
@@ -74,8 +58,39 @@ def _compare(ns: argparse.Namespace) -> None:
                    overrides=ns.override, output_dir=ns.output_dir, jobs=ns.jobs)
 
 
+def robomimic_script(name: str) -> Path:
+    """A robomimic script by file name (``playback_dataset.py``, with or without ``.py``) or by path."""
+    import robomimic
+
+    scripts = Path(robomimic.__file__).parent / "scripts"
+    path = Path(name)
+    if not path.exists():
+        path = scripts / (name if name.endswith(".py") else f"{name}.py")
+    if not path.exists():
+        available = sorted(p.name for p in scripts.glob("*.py") if not p.name.startswith("_"))
+        raise FileNotFoundError(f"No robomimic script {name!r}; robomimic 0.3.0 ships {available}.")
+    return path
+
+
+def _robomimic(ns: argparse.Namespace) -> None:
+    """Run one of robomimic's own scripts with the ``mujoco_py`` stand-in registered (see zprl.compat)."""
+    import runpy
+
+    import zprl.compat  # noqa: F401  (robomimic's env code imports mujoco_py)
+
+    path = robomimic_script(ns.script)
+    argv = sys.argv
+    sys.argv = [str(path), *ns.script_args]
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    finally:
+        sys.argv = argv
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zprl", description=__doc__)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show every log message and warning (same as ZPRL_LOG_LEVEL=DEBUG)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="demonstration data").add_subparsers(dest="data_command", required=True)
@@ -90,14 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--bias", type=float, nargs=2, default=[0.1, 0.0], help="reach only: the operator's aiming offset")
     gen.set_defaults(func=_data_generate)
 
-    ev = sub.add_parser("evaluate", help="roll out a pretrained policy (LeRobot folder or .ckpt)")
+    ev = sub.add_parser("evaluate", help="roll out a pretrained policy (LeRobot folder or .ckpt)",
+                        epilog="Writes <policy>/eval_<task>_<seed>.json and logs an MLflow run (experiment "
+                               "zprl-evaluate).")
     ev.add_argument("--policy", required=True)
     ev.add_argument("--task", default="lift")
     ev.add_argument("--episodes", type=int, default=50)
-    ev.add_argument("--num-envs", type=int, default=4)
+    ev.add_argument("--num-envs", type=int, default=min(4, os.cpu_count() or 1),
+                    help="envs in parallel worker processes (default: min(4, CPU cores))")
     ev.add_argument("--seed", type=int, default=100_000)
-    ev.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ev.add_argument("--video-dir", default=None)
+    ev.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    ev.add_argument("--video-dir", default=None, help="write videos here (and log them to MLflow)")
+    ev.add_argument("--experiment", default="zprl-evaluate", help="MLflow experiment")
+    ev.add_argument("--no-mlflow", action="store_true", help="only print and write the JSON results")
     ev.set_defaults(func=_evaluate)
 
     cmp = sub.add_parser("compare", help="methods x seeds online RL comparison tracked in MLflow",
@@ -112,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--output-dir", default="outputs/compare", help="run folders (checkpoints) go here")
     cmp.add_argument("--jobs", type=int, default=1, help="runs at once (separate processes)")
     cmp.set_defaults(func=_compare)
+
+    rm = sub.add_parser("robomimic", help="run one of robomimic's scripts (e.g. playback_dataset.py) with the "
+                                          "mujoco_py stand-in that robomimic 0.3.0 needs on modern MuJoCo",
+                        epilog="e.g. `zprl robomimic playback_dataset.py --dataset data/lift_mh/demo.hdf5 --n 1`; "
+                               "`zprl robomimic get_dataset_info.py --help` shows a script's own options.")
+    rm.add_argument("script", help="a script of robomimic/scripts (playback_dataset.py, get_dataset_info.py, ...)")
+    rm.add_argument("script_args", nargs=argparse.REMAINDER, help="the script's own arguments")
+    rm.set_defaults(func=_robomimic)
     return parser
 
 
@@ -120,6 +148,7 @@ def zprl_main(argv: list[str] | None = None) -> None:
     split = argv.index("--") if "--" in argv else len(argv)  # LightningCLI overrides for `compare`
     ns = build_parser().parse_args(argv[:split])
     ns.override = argv[split + 1:]
+    configure_logging(verbose=ns.verbose)
     ns.func(ns)
 
 

@@ -1,7 +1,10 @@
 """Import-time shims for third-party packages. Import this module before robomimic's env code."""
 
+import os
 import sys
 import types
+
+from zprl.logging_setup import LOG_LEVEL_ENV, silence_known_harmless
 
 
 def install_mujoco_py_stub() -> None:
@@ -22,3 +25,5 @@ def install_mujoco_py_stub() -> None:
 
 
 install_mujoco_py_stub()
+if LOG_LEVEL_ENV in os.environ:  # a zprl command configured logging: env worker processes stay as quiet as it
+    silence_known_harmless()

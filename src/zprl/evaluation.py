@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -11,7 +13,6 @@ from typing import Protocol, runtime_checkable
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
-from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +97,15 @@ class Evaluator:
     transitions are ignored. Success = any ``info["is_success"]`` in the episode. With ``video_dir``, the
     first episode of each round in env 0 is rendered (envs need ``render_mode="rgb_array"``; the vector
     env renders all its envs, so video slows evaluation) and written as mp4 (gif if no encoder works).
+
+    ``progress``: ``True`` draws a tqdm bar over episodes (with the env steps taken), ``False`` nothing, and a
+    callable ``(episodes finished, env steps taken)`` is called after every vector-env step (see
+    ``zprl.progress.rich_eval_progress`` for a task inside Lightning's progress bar).
     """
 
-    def __init__(self, envs: gym.vector.VectorEnv, num_episodes: int, seed: int = 0, progress: bool = True,
-                 video_dir: str | None = None, video_fps: int = 20):
+    def __init__(self, envs: gym.vector.VectorEnv, num_episodes: int, seed: int = 0,
+                 progress: bool | Callable[[int, int], None] = True, video_dir: str | None = None,
+                 video_fps: int = 20):
         if num_episodes < 1:
             raise ValueError(f"num_episodes must be >= 1, got {num_episodes}.")
         mode = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
@@ -118,14 +124,14 @@ class Evaluator:
         num_envs = self.envs.num_envs
         episodes: list[dict] = []
         video_paths: list[str] = []
-        with tqdm(total=self.num_episodes, desc="eval episodes", disable=not self.progress) as bar:
+        self._env_steps = 0
+        with self._progress() as report:
             for first in range(0, self.num_episodes, num_envs):
                 num_active = min(num_envs, self.num_episodes - first)
-                round_episodes, frames = self._run_round(policy, first, num_active)
+                round_episodes, frames = self._run_round(policy, first, num_active, report)
                 episodes.extend(round_episodes)
                 if frames:
                     video_paths.append(self._write_video(frames, first))
-                bar.update(num_active)
         return EvalResult.from_episodes(
             successes=[ep["success"] for ep in episodes], returns=[ep["return"] for ep in episodes],
             lengths=[ep["length"] for ep in episodes], episode_jerk=[ep["jerk"] for ep in episodes],
@@ -133,7 +139,18 @@ class Evaluator:
             env_crashes=sum(ep["crashed"] for ep in episodes), video_paths=video_paths,
         )
 
-    def _run_round(self, policy: RolloutPolicy, first: int, num_active: int) -> tuple[list[dict], list[np.ndarray]]:
+    def _progress(self):
+        """A context giving the per-step progress callable (or None) for this evaluation."""
+        if callable(self.progress):
+            return nullcontext(self.progress)
+        if self.progress:
+            from zprl.progress import tqdm_eval_progress
+
+            return tqdm_eval_progress(self.num_episodes)
+        return nullcontext(None)
+
+    def _run_round(self, policy: RolloutPolicy, first: int, num_active: int,
+                   report: Callable[[int, int], None] | None = None) -> tuple[list[dict], list[np.ndarray]]:
         """One lockstep round; envs ``num_active..num_envs-1`` only fill the batch and are ignored."""
         num_envs = self.envs.num_envs
         obs, _ = self.envs.reset(seed=[self.seed + first + i for i in range(num_envs)])
@@ -159,7 +176,10 @@ class Evaluator:
             crashed |= running & _info_flag(info, "env_crashed", num_envs)
             if record and running[0]:
                 frames.append(self._render_env0())
+            self._env_steps += int(running.sum())
             running &= ~(terminated | truncated)
+            if report is not None:
+                report(first + num_active - int(running.sum()), self._env_steps)
         return [
             {"success": bool(success[i]), "return": float(returns[i]), "length": len(actions[i]),
              "crashed": bool(crashed[i]), **smoothness_metrics(np.stack(actions[i]))}

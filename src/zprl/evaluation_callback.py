@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.callbacks import RichProgressBar, WeightAveraging
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from zprl.envs import make_vector_env
 from zprl.evaluation import EvalResult, Evaluator
+from zprl.progress import rich_eval_progress, tqdm_eval_progress
 
 
 class RolloutEvalCallback(pl.Callback):
@@ -29,11 +31,15 @@ class RolloutEvalCallback(pl.Callback):
     closed at teardown; ``camera_names``, ``camera_size`` and ``max_episode_steps`` go to ``make_vector_env``
     (a vision policy needs its cameras). With ``video=True`` the first episode of each round is written under
     ``<default_root_dir>/eval_videos/epoch_<n>/`` and uploaded as an artifact to MLflow loggers.
+
+    Rollouts take minutes on a CPU, so each evaluation announces itself and, with ``progress=True``, shows its
+    episodes as a task in Lightning's Rich progress bar (a tqdm bar with other progress bars, none when the
+    trainer's bar is disabled).
     """
 
     def __init__(self, task: str | None = None, every_n_epochs: int = 10, num_episodes: int = 10, num_envs: int = 1,
                  seed: int = 0, video: bool = False, camera_names: tuple[str, ...] | list[str] = (),
-                 camera_size: int = 84, max_episode_steps: int | None = None, progress: bool = False):
+                 camera_size: int = 84, max_episode_steps: int | None = None, progress: bool = True):
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}.")
         self.task = task
@@ -54,10 +60,13 @@ class RolloutEvalCallback(pl.Callback):
         epoch = trainer.current_epoch
         if (epoch + 1) % self.every_n_epochs != 0 and not _is_last_epoch(trainer):
             return
+        rank_zero_info(f"epoch {epoch}: rollout evaluation, {self.num_episodes} episodes in {self.num_envs} env(s) ...")
+        start = time.monotonic()
         result = self.evaluate(pl_module, video_dir=self._video_dir(trainer, epoch))
         pl_module.log_dict(result.as_metrics("eval/"), rank_zero_only=True)
         rank_zero_info(f"epoch {epoch}: eval success rate {result.success_rate:.2f} over "
-                       f"{result.num_episodes} episodes, mean return {result.mean_return:.2f}")
+                       f"{result.num_episodes} episodes, mean return {result.mean_return:.2f} "
+                       f"({time.monotonic() - start:.0f} s)")
         for logger in trainer.loggers:
             if isinstance(logger, MLFlowLogger):
                 for path in result.video_paths:
@@ -72,14 +81,25 @@ class RolloutEvalCallback(pl.Callback):
             self.envs = make_vector_env(num_envs=self.num_envs, max_episode_steps=self.max_episode_steps,
                                         render_mode="rgb_array" if self.video else None,
                                         **self._env_source(pl_module))
-        evaluator = Evaluator(self.envs, self.num_episodes, seed=self.seed, progress=self.progress, video_dir=video_dir)
         was_training = pl_module.training
         pl_module.eval()
         try:
-            with torch.no_grad(), averaged_weights(pl_module):
+            with torch.no_grad(), averaged_weights(pl_module), self._progress(pl_module) as report:
+                evaluator = Evaluator(self.envs, self.num_episodes, seed=self.seed, progress=report or False,
+                                      video_dir=video_dir)
                 return evaluator.evaluate(pl_module.rollout_policy())
         finally:
             pl_module.train(was_training)
+
+    def _progress(self, pl_module: pl.LightningModule):
+        """A task in the trainer's Rich bar while it is showing, a tqdm bar with other bars, else nothing."""
+        trainer = getattr(pl_module, "_trainer", None)
+        bar = trainer.progress_bar_callback if trainer is not None else None
+        if not self.progress or bar is None or bar.is_disabled:
+            return nullcontext(None)
+        if isinstance(bar, RichProgressBar) and bar.progress is not None:
+            return rich_eval_progress(bar, self.num_episodes)
+        return tqdm_eval_progress(self.num_episodes, description="rollout eval")
 
     def _env_source(self, pl_module: pl.LightningModule) -> dict:
         """Task, env metadata and cameras: given explicitly, or read from the DataModule's dataset spec."""

@@ -16,6 +16,7 @@ from robomimic.utils.dataset import SequenceDataset
 from zprl.data.robomimic_writer import validate_robomimic_hdf5
 from zprl.data.schema import ACTION, ENV_STATE, IMAGE_PREFIX, STATE, DatasetSpec, array_stats, image_stats
 from zprl.envs.tasks import ROBOSUITE_NAME_TO_TASK
+from zprl.logging_setup import quiet_stdout
 
 IMAGE_SUFFIX = "_image"
 
@@ -67,8 +68,9 @@ class RobomimicPolicyDataset(Dataset):
         self.n_obs_steps = n_obs_steps
         self.state_keys, self.env_state_keys, self.camera_keys = list(state_keys), list(env_state_keys), list(camera_keys)
         self.demos = list(demos) if demos is not None else list(info["demos"])
-        ObsUtils.initialize_obs_utils_with_obs_specs(
-            {"obs": {"low_dim": [*self.state_keys, *self.env_state_keys], "rgb": self.camera_keys}})
+        with quiet_stdout():  # robomimic prints the obs spec
+            ObsUtils.initialize_obs_utils_with_obs_specs(
+                {"obs": {"low_dim": [*self.state_keys, *self.env_state_keys], "rgb": self.camera_keys}})
         self.sequences = _DemoSubsetSequenceDataset(
             hdf5_path=str(hdf5_path),
             obs_keys=[*self.state_keys, *self.env_state_keys, *self.camera_keys],

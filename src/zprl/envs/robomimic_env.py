@@ -14,6 +14,7 @@ import robomimic.utils.obs_utils as ObsUtils
 import robosuite
 
 from zprl.envs.tasks import get_task
+from zprl.logging_setup import quiet_stdout
 
 # Robot proprioception that forms LeRobot's ``observation.state``; robomimic's ``object`` key forms
 # ``observation.environment_state``. These are robomimic's standard low-dim keys.
@@ -82,16 +83,17 @@ class RobomimicEnv(gym.Env):
             kw = self.env_meta["env_kwargs"]
             kw.update(camera_names=list(self.camera_names), camera_heights=camera_size, camera_widths=camera_size,
                       has_offscreen_renderer=True, use_camera_obs=True)
-        _register_obs_modalities(self.camera_names)
         self.render_mode = render_mode
         self.render_camera = render_camera
         self.render_size = render_size
-        self.robomimic_env = EnvUtils.create_env_from_metadata(
-            env_meta=self.env_meta,
-            render=False,
-            render_offscreen=bool(self.camera_names) or render_mode == "rgb_array",
-            use_image_obs=bool(self.camera_names),
-        )
+        with quiet_stdout():  # robomimic prints its obs spec and env name for every env
+            _register_obs_modalities(self.camera_names)
+            self.robomimic_env = EnvUtils.create_env_from_metadata(
+                env_meta=self.env_meta,
+                render=False,
+                render_offscreen=bool(self.camera_names) or render_mode == "rgb_array",
+                use_image_obs=bool(self.camera_names),
+            )
         self.robomimic_env.postprocess_visual_obs = False  # keep uint8 HWC; the policy normalises
         self._placement_rng_state = None  # this env's own numpy stream for robosuite's placements (see reset)
         raw = self.robomimic_env.reset()

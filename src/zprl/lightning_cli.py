@@ -1,0 +1,112 @@
+"""The ``lightning`` command: LightningCLI over zprl's modules, zprl's progress bar, and a closing summary
+that says where a run's results went and which command comes next."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from jsonargparse import set_parsing_settings
+from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import MLFlowLogger
+
+from zprl.tracking import MLflowSaveConfigCallback
+
+
+class ZPRLProgressBar(RichProgressBar):
+    """Lightning's Rich progress bar, reading "Epoch 12" instead of "Epoch 12/-2" when epochs are unbounded.
+
+    Online runs (``max_epochs: -1``) stop on their env-step budget and step-limited pretraining runs on
+    ``max_steps``; neither has a last epoch to show.
+    """
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs >= 0:
+            return super()._get_train_description(current_epoch)
+        return f"Epoch {current_epoch}".ljust(len(self.validation_description))  # padded as Lightning does
+
+
+class ZPRLLightningCLI(LightningCLI):
+    """LightningCLI in subclass mode with ``omegaconf+`` parsing: ``${...}`` interpolation is resolved on the
+    merged config (all ``-c`` files and command-line overrides), so overlays and overrides propagate.
+
+    A config that names no progress bar (and does not disable it) gets :class:`ZPRLProgressBar`.
+    """
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> pl.Trainer:
+        listed = config.get("callbacks")
+        listed = [] if listed is None else listed if isinstance(listed, list) else [listed]
+        if config.get("enable_progress_bar") is not False and not any(
+                isinstance(cb, ProgressBar) for cb in [*listed, *callbacks]):
+            callbacks = [*callbacks, ZPRLProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def run_lightning_cli(args: list[str] | None = None) -> ZPRLLightningCLI:
+    """Parse and run ``lightning <subcommand> ...``; after a completed ``fit``, print where its results are."""
+    torch.set_float32_matmul_precision("high")
+    # Interpolations like ${model.init_args.task} are written relative to the subcommand's config.
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    cli = ZPRLLightningCLI(
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=MLflowSaveConfigCallback,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"parser_mode": "omegaconf+"},
+        args=args,
+        auto_configure_optimizers=False,
+    )
+    if cli.subcommand == "fit" and cli.trainer.is_global_zero and not cli.trainer.interrupted:
+        print("\n".join(fit_summary(cli.trainer, cli.model, cli.datamodule)))
+    return cli
+
+
+def fit_summary(trainer: pl.Trainer, model: pl.LightningModule, datamodule: pl.LightningDataModule | None) -> list[str]:
+    """Lines naming a finished run's outputs (policy, checkpoints, MLflow run) and the next command."""
+    root = Path(trainer.default_root_dir)
+    pretrain = sys.modules.get("zprl.pretrain")
+    online = sys.modules.get("zprl.online.module")
+    lines = [""]
+    next_commands = []
+    if pretrain is not None and isinstance(model, pretrain.PretrainModule):
+        policy = Path(model.hparams.export_dir or root / "policy")  # where PretrainModule.on_train_end exports
+        task = _data_task(datamodule) or "<task>"
+        lines += [f"Pretraining finished: {root}", f"  policy (LeRobot format): {policy}"]
+        overlay = Path(f"conf/online_{task}.yaml")  # a task overlay for the online config, where there is one
+        configs = "-c conf/zprl_online.yaml" + (f" -c {overlay}" if overlay.exists() else "")
+        online_command = f"uv run lightning fit {configs} --model.init_args.policy_path={policy} --model.init_args.task={task}"
+        next_commands = [f"uv run zprl evaluate --policy {policy} --task {task} --episodes 50", online_command]
+    elif online is not None and isinstance(model, online.OnlineRLModule):
+        lines.append(f"Online run finished ({model.method_name} on {model.hparams.task}): {root}")
+        methods = " ".join(f"conf/methods/{m}.yaml" for m in ("zprl", "action_residual", "base_policy"))
+        next_commands = [f"uv run zprl compare {methods} --task {model.hparams.task}   # methods x seeds"]
+    else:
+        lines.append(f"Run finished: {root}")
+    last = root / "checkpoints" / "last.ckpt"
+    if last.exists():
+        lines.append(f"  last checkpoint: {last} (resume with --ckpt_path={last})")
+    for logger in trainer.loggers:
+        if isinstance(logger, MLFlowLogger):
+            client = logger.experiment
+            name = client.get_experiment(logger.experiment_id).name
+            lines.append(f"  MLflow: experiment {name}, run {logger.run_id} ({client.tracking_uri})")
+            next_commands.append(f"uv run mlflow ui --backend-store-uri {client.tracking_uri}   # browse the runs")
+    if next_commands:
+        lines += ["Next:", *(f"  {command}" for command in next_commands)]
+    return lines
+
+
+def _data_task(datamodule: pl.LightningDataModule | None) -> str | None:
+    """The zprl task of the training data (named by the DataModule or by its robomimic env_args), if known."""
+    from zprl.envs import get_task
+
+    spec = getattr(datamodule, "spec", None)
+    if spec is None:
+        return None
+    if spec.task:
+        return get_task(spec.task).name
+    return get_task(spec.env_meta["env_name"]).name if spec.env_meta else None
