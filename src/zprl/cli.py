@@ -5,17 +5,81 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 import torch
-from jsonargparse import set_parsing_settings
+from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 
-from zprl.tracking import MLflowSaveConfigCallback
+from zprl.checkpointing import resolve_resume_checkpoint
+from zprl.tracking import MLflowSaveConfigCallback, flatten_config, prepare_tracking, tracking_uri
+
+# Model settings that may differ between a checkpoint and the resumed run: the budget and evaluation schedule.
+RESUMABLE_CHANGES = frozenset({"total_env_steps", "eval_every_env_steps", "eval_episodes", "eval_num_envs"})
+LIGHTNING_CKPT_ALIASES = frozenset({"last", "best", "hpc", "registry"})
+
+
+def _plain(value: Any) -> Any:
+    """Config values in one comparable form (tuples as lists, Namespaces as dicts)."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def resume_conflicts(checkpoint_hparams: dict, class_path: str, init_args: dict) -> list[str]:
+    """Model settings of the command line that differ from the checkpoint's, except :data:`RESUMABLE_CHANGES`."""
+    hparams = {key: value for key, value in checkpoint_hparams.items() if key != "_instantiator"}
+    saved_class = hparams.pop("_class_path", None)
+    conflicts = []
+    if saved_class and saved_class != class_path:
+        conflicts.append(f"model class: checkpoint {saved_class}, command line {class_path}")
+    saved, given = flatten_config(_plain(hparams)), flatten_config(_plain(init_args))
+    for key in sorted(saved.keys() & given.keys()):
+        if key.split(".")[0] not in RESUMABLE_CHANGES and saved[key] != given[key]:
+            conflicts.append(f"{key}: checkpoint {saved[key]!r}, command line {given[key]!r}")
+    return conflicts
 
 
 class ZPRLLightningCLI(LightningCLI):
     """LightningCLI in subclass mode with ``omegaconf+`` parsing: ``${...}`` interpolation is resolved on the
-    merged config (all ``-c`` files and command-line overrides), so overlays and overrides propagate."""
+    merged config (all ``-c`` files and command-line overrides), so overlays and overrides propagate.
+
+    ``--ckpt_path`` differs from Lightning's: an unreadable checkpoint falls back to the previous one kept
+    beside it (``zprl.checkpointing``), and instead of silently replacing the command line's model settings
+    with the checkpoint's, the run keeps the command line's budget / evaluation schedule and refuses any
+    other difference (architecture, steering, method) with an error listing them.
+    """
+
+    def before_instantiate_classes(self) -> None:
+        """Ready every MLflow logger's store (created once under a lock) or server (probed) before the run."""
+        loggers = self.config[self.config.subcommand].trainer.get("logger")
+        for logger_config in loggers if isinstance(loggers, list) else [loggers]:
+            if isinstance(logger_config, Namespace) and logger_config.get("class_path", "").endswith("MLFlowLogger"):
+                prepare_tracking(logger_config.init_args.get("tracking_uri") or tracking_uri())
+
+    # Overrides LightningCLI's private hook (called while parsing, before anything is instantiated), which
+    # torch.loads the checkpoint and overwrites the parsed model settings with its hyper-parameters.
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or str(ckpt_path) in LIGHTNING_CKPT_ALIASES:
+            return
+        resolved = resolve_resume_checkpoint(ckpt_path)
+        self.config[subcommand].ckpt_path = str(resolved)
+        hparams = torch.load(resolved, weights_only=True, map_location="cpu").get("hyper_parameters") or {}
+        model = self.config[subcommand].model
+        conflicts = resume_conflicts(hparams, model.class_path, model.init_args)
+        if conflicts:
+            raise SystemExit(
+                f"error: the command line's model settings differ from those of the checkpoint {resolved}:\n  "
+                + "\n  ".join(conflicts)
+                + f"\nResuming continues the checkpointed run; only {sorted(RESUMABLE_CHANGES)} and trainer settings "
+                "may change. Use the checkpointed run's settings (its config.yaml), or start a new run without "
+                "--ckpt_path (and another trainer.default_root_dir).")
 
 
 def lightning_main(args: list[str] | None = None) -> None:
@@ -74,6 +138,28 @@ def _compare(ns: argparse.Namespace) -> None:
                    overrides=ns.override, output_dir=ns.output_dir, jobs=ns.jobs)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count of demos, episodes, envs, jobs or pixels)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (a seed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zprl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,21 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="demonstration data").add_subparsers(dest="data_command", required=True)
     gen = data.add_parser("generate", help="scripted mixed-quality demos -> robomimic HDF5 + LeRobot dataset")
     gen.add_argument("--task", default="lift", help="lift | can | square | reach (a biased PointReach operator)")
-    gen.add_argument("--demos", type=int, default=100)
+    gen.add_argument("--demos", type=positive_int, default=100)
     gen.add_argument("--out", default="data/lift_mh")
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--seed", type=non_negative_int, default=0)
     gen.add_argument("--cameras", nargs="*", default=[], help="e.g. agentview robot0_eye_in_hand")
-    gen.add_argument("--camera-size", type=int, default=84)
-    gen.add_argument("--overwrite", action="store_true")
+    gen.add_argument("--camera-size", type=positive_int, default=84)
+    gen.add_argument("--overwrite", action="store_true",
+                     help="replace a dataset this command wrote earlier (folders holding other files are refused)")
     gen.add_argument("--bias", type=float, nargs=2, default=[0.1, 0.0], help="reach only: the operator's aiming offset")
     gen.set_defaults(func=_data_generate)
 
     ev = sub.add_parser("evaluate", help="roll out a pretrained policy (LeRobot folder or .ckpt)")
     ev.add_argument("--policy", required=True)
     ev.add_argument("--task", default="lift")
-    ev.add_argument("--episodes", type=int, default=50)
-    ev.add_argument("--num-envs", type=int, default=4)
-    ev.add_argument("--seed", type=int, default=100_000)
+    ev.add_argument("--episodes", type=positive_int, default=50)
+    ev.add_argument("--num-envs", type=positive_int, default=4)
+    ev.add_argument("--seed", type=non_negative_int, default=100_000)
     ev.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ev.add_argument("--video-dir", default=None)
     ev.set_defaults(func=_evaluate)
@@ -107,10 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--base", nargs="+", default=["conf/zprl_online.yaml"],
                      help="online config(s) the method overlays apply to, in order (e.g. a task overlay last)")
     cmp.add_argument("--task", default=None, help="override the configs' task")
-    cmp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    cmp.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2])
     cmp.add_argument("--experiment", default="zprl-compare")
     cmp.add_argument("--output-dir", default="outputs/compare", help="run folders (checkpoints) go here")
-    cmp.add_argument("--jobs", type=int, default=1, help="runs at once (separate processes)")
+    cmp.add_argument("--jobs", type=positive_int, default=1, help="runs at once (separate processes)")
     cmp.set_defaults(func=_compare)
     return parser
 
