@@ -6,13 +6,13 @@ successful attempts are kept, but every attempt is counted, and the per-tier suc
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,7 +183,15 @@ def publish_dataset(staging: Path, out: Path) -> None:
         shutil.rmtree(old)
 
 
-@contextmanager
+def close_quietly(writer: LeRobotWriter | None) -> None:
+    """Finalize a LeRobot writer of a failed run now: LeRobot flushes unfinished writers when they are garbage
+    collected, which would recreate files in the staging folder after it was deleted."""
+    if writer is not None:
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+@contextlib.contextmanager
 def staged_output(out: Path, overwrite: bool, owned: frozenset[str] = OUTPUT_NAMES) -> Iterator[Path]:
     """Yield a not-yet-existing staging path beside ``out`` to write the dataset into; publish it to ``out`` only
     when the block completes. On any error or Ctrl-C the staging folder is deleted and ``out`` is untouched."""
@@ -252,6 +260,7 @@ def _write_dataset(task: str, num_demos: int, counts: dict[str, int], out: Path,
     env = make_env(task, camera_names=tuple(camera_names), camera_size=camera_size)
     repo_id = f"zprl/{out.resolve().name}"
     hdf5 = RobomimicHDF5Writer(staging / HDF5_NAME, env.unwrapped.robomimic_env.serialize())
+    lerobot = None
     try:
         lerobot = LeRobotWriter(staging / LEROBOT_DIR, repo_id, FPS,
                                 lerobot_features(env.observation_space, env.action_space.shape[0]),
@@ -261,6 +270,9 @@ def _write_dataset(task: str, num_demos: int, counts: dict[str, int], out: Path,
                      for tier, count in counts.items()}
         masks = hdf5.close(seed=seed)
         lerobot.close()
+    except BaseException:
+        close_quietly(lerobot)
+        raise
     finally:
         hdf5.file.close()  # idempotent; the staging folder is deleted on failure
         env.close()

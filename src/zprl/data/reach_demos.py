@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zprl.data.generate import Episode, staged_output
+from zprl.data.generate import Episode, close_quietly, staged_output
 from zprl.data.lerobot_writer import LeRobotWriter, lerobot_features
 from zprl.envs import make_env
 from zprl.envs.reach import scripted_reach_action
@@ -54,5 +54,8 @@ def _write_reach_demos(num_demos: int, root: Path, bias: tuple[float, float], se
                                          np.asarray(actions), np.asarray(rewards), np.asarray(successes),
                                          np.asarray(dones)))
         writer.close()
+    except BaseException:
+        close_quietly(writer)
+        raise
     finally:
         env.close()
