@@ -305,12 +305,12 @@ def test_overwrite_replaces_a_generated_dataset(tmp_path):
 
 
 def _generate_in_subprocess(out: Path, demos: int) -> subprocess.Popen:
-    command = [sys.executable, "-c", "from zprl.cli import zprl_main; zprl_main()", "data", "generate", "--task",
-               "reach", "--demos", str(demos), "--out", str(out)]
-    # A child inherits an ignored SIGINT from a backgrounded parent; Python only turns SIGINT into
-    # KeyboardInterrupt when it starts with the default disposition.
-    return subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # A child of a backgrounded shell inherits an ignored SIGINT; Python's own handler makes Ctrl-C a KeyboardInterrupt.
+    code = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from zprl.cli import zprl_main; " \
+           "zprl_main()"
+    command = [sys.executable, "-c", code, "data", "generate", "--task", "reach", "--demos", str(demos), "--out",
+               str(out)]
+    return subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for_staging(out: Path, proc: subprocess.Popen) -> Path:

@@ -29,6 +29,8 @@ def reading_hdf5(path: str | Path) -> Iterator[None]:
     """Turn h5py's errors on a damaged file into one that names the file and how to replace it."""
     try:
         yield
+    except (FileNotFoundError, PermissionError):  # a missing or unreadable file, already named by the caller
+        raise
     except HDF5_READ_ERRORS as err:
         raise ValueError(f"Cannot read the robomimic dataset {path} ({type(err).__name__}: {err}): the file is "
                          f"damaged (an interrupted write or copy?). Regenerate it with `{GENERATE_HINT} --overwrite` "
