@@ -313,8 +313,8 @@ def cases(fx: Fixtures) -> list[Case]:
         path = damaged_copy(fx.lift_hdf5, tmp / f"{how}.hdf5", how)
         result.append(Case("data module", f"{how} robomimic HDF5", robomimic(path), (str(path),)))
     result.append(Case("data module", "missing HDF5", robomimic(tmp / "none.hdf5"), ("none.hdf5", "zprl data")))
-    result.append(Case("data module", "unknown state key", robomimic(fx.lift_hdf5, state_keys=["robot0_joint_pos"]),
-                       ("robot0_joint_pos", str(fx.lift_hdf5))))
+    result.append(Case("data module", "unknown state key", robomimic(fx.lift_hdf5, state_keys=["robot0_no_such"]),
+                       ("robot0_no_such", str(fx.lift_hdf5))))
     result.append(Case("data module", "unknown filter key", robomimic(fx.lift_hdf5, filter_key="experts"),
                        ("experts",)))
 
@@ -383,7 +383,7 @@ def cases(fx: Fixtures) -> list[Case]:
     for name, value, mention in (("total_env_steps", 0, "total_env_steps"), ("eval_episodes", 0, "eval_episodes"),
                                  ("num_envs", 0, "num_envs"), ("utd_ratio", -1.0, "utd_ratio"),
                                  ("action_schedule_fraction", 2.0, "action_schedule_fraction"),
-                                 ("steering", "bogus", "steering"), ("buffer_capacity", 0, "capacity"),
+                                 ("steering", "bogus", "steering"), ("buffer_capacity", 0, "buffer_capacity"),
                                  ("policy_path", tmp / "nope", "nope"), ("policy_path", last, "online RL checkpoint")):
         result.append(Case("online", f"{name}={value}", online(f"--model.init_args.{name}={value}"), (mention,)))
     result.append(Case("online", "replay buffer capacity 0", lambda: ReplayBuffer(0, 2, 2), ("capacity",)))
@@ -421,7 +421,7 @@ def run_case(case: Case) -> tuple[str, str]:
     else:
         return "silent", "no error"
     clear = all(word in message for word in case.mentions) and (case.check is None or case.check())
-    return ("clear" if clear else "unclear"), " ".join(message.split())[:300]
+    return ("clear" if clear else "unclear"), " ".join(message.split())[-300:]
 
 
 # -- faults ---------------------------------------------------------------------------------------------------
@@ -470,11 +470,9 @@ def killed_online_run(fx: Fixtures, sig: signal.Signals) -> bool:
     from zprl.checkpointing import checkpoint_problem, resolve_resume_checkpoint
     from zprl.cli import lightning_main
 
-    root = fx.tmp / f"online_killed_{sig.name}"
-    config = fx.tmp / f"online_killed_{sig.name}.yaml"
-    config.write_text(ONLINE_CONFIG.format(root=root, policy=fx.policy, steps=100_000))
+    config = killed_run_config(fx)
     proc = _spawn("from zprl.cli import lightning_main; lightning_main()", "fit", "-c", str(config))
-    last = root / "checkpoints" / "last.ckpt"
+    last = fx.tmp / "online_killed" / "checkpoints" / "last.ckpt"
     started = _wait_for(lambda: previous_path_exists(last), proc, timeout=600)
     proc.send_signal(sig)
     proc.wait(timeout=120)
@@ -484,7 +482,20 @@ def killed_online_run(fx: Fixtures, sig: signal.Signals) -> bool:
     if checkpoint_problem(resumable) is not None:
         return False
     lightning_main(["fit", "-c", str(config), f"--ckpt_path={last}", "--model.init_args.total_env_steps=192"])
-    return checkpoint_problem(last) is None
+    return _env_steps(last) >= 192
+
+
+def killed_run_config(fx: Fixtures) -> Path:
+    config = fx.tmp / "online_killed.yaml"
+    config.write_text(ONLINE_CONFIG.format(root=fx.tmp / "online_killed", policy=fx.policy, steps=100_000))
+    return config
+
+
+def _env_steps(checkpoint: Path) -> int:
+    from zprl.online.module import CHECKPOINT_KEY
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)[CHECKPOINT_KEY]
+    return state["collector"]["env_steps"]
 
 
 def previous_path_exists(last: Path) -> bool:
@@ -494,31 +505,26 @@ def previous_path_exists(last: Path) -> bool:
 
 
 def truncated_last_checkpoint(fx: Fixtures) -> bool:
-    """A truncated last.ckpt: resume must fall back to last.prev.ckpt and finish the run."""
-    from zprl.checkpointing import checkpoint_problem, previous_path
+    """A truncated last.ckpt (the killed run's): resume must fall back to last.prev.ckpt and finish the run."""
+    from zprl.checkpointing import checkpoint_problem
     from zprl.cli import lightning_main
 
-    folder = fx.tmp / "truncated" / "checkpoints"
-    folder.mkdir(parents=True)
-    source = fx.online / "checkpoints" / "last.ckpt"
-    damaged_copy(source, folder / "last.ckpt", "truncated")
-    (folder / "last.prev.ckpt").write_bytes(previous_path(source).read_bytes())
-    lightning_main(["fit", "-c", str(fx.online_config), f"--trainer.default_root_dir={folder.parent}",
-                    f"--trainer.callbacks.init_args.dirpath={folder}", f"--ckpt_path={folder / 'last.ckpt'}"])
-    return checkpoint_problem(folder / "last.ckpt") is None
+    last = fx.tmp / "online_killed" / "checkpoints" / "last.ckpt"
+    damaged_copy(last, last, "truncated")
+    lightning_main(["fit", "-c", str(killed_run_config(fx)), f"--ckpt_path={last}",
+                    "--model.init_args.total_env_steps=256"])
+    return checkpoint_problem(last) is None and _env_steps(last) >= 256
 
 
 def raised_budget_on_resume(fx: Fixtures) -> bool:
     """Resuming with a larger total_env_steps must train on (Lightning's CLI restored the old budget and exited)."""
     from zprl.cli import lightning_main
-    from zprl.online.module import CHECKPOINT_KEY
 
     root = fx.tmp / "raised"
     lightning_main(["fit", "-c", str(fx.online_config), f"--trainer.default_root_dir={root}",
                     f"--trainer.callbacks.init_args.dirpath={root / 'checkpoints'}",
                     f"--ckpt_path={fx.online / 'checkpoints' / 'last.ckpt'}", "--model.init_args.total_env_steps=128"])
-    state = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)[CHECKPOINT_KEY]
-    return state["collector"]["env_steps"] >= 128
+    return _env_steps(root / "checkpoints" / "last.ckpt") >= 128
 
 
 def concurrent_store(tmp: Path) -> bool:
@@ -553,7 +559,7 @@ def faults(fx: Fixtures) -> list[Fault]:
         Fault("kill -9 of a data generation", lambda: killed_generation(fx.tmp, signal.SIGKILL)),
         Fault("Ctrl-C of a data generation", lambda: killed_generation(fx.tmp, signal.SIGINT)),
         Fault("kill -9 of an online run, then resume", lambda: killed_online_run(fx, signal.SIGKILL)),
-        Fault("truncated last.ckpt, then resume", lambda: truncated_last_checkpoint(fx)),
+        Fault("truncated last.ckpt (of the killed run), then resume", lambda: truncated_last_checkpoint(fx)),
         Fault("resume with a raised total_env_steps", lambda: raised_budget_on_resume(fx)),
         Fault("3 runs open a fresh MLflow sqlite store at once", lambda: concurrent_store(fx.tmp)),
         Fault("replay buffer checkpoint of 258 transitions in 3M slots < 1 MB", lambda: checkpoint_size(fx.tmp)),

@@ -93,7 +93,12 @@ class SafeModelCheckpoint(ModelCheckpoint):
         if every_n_iterations is not None and every_n_iterations < 0:
             raise ValueError(f"every_n_iterations must be >= 0, got {every_n_iterations}.")
         if isinstance(train_time_interval, str):
-            hours, minutes, seconds = (float(part) for part in train_time_interval.split(":"))
+            parts = train_time_interval.split(":")
+            try:
+                hours, minutes, seconds = (float(part) for part in parts)
+            except ValueError:
+                raise ValueError(f"train_time_interval must be 'H:MM:SS' (e.g. '0:05:00'), got "
+                                 f"{train_time_interval!r}.") from None
             train_time_interval = timedelta(hours=hours, minutes=minutes, seconds=seconds)
         triggered = bool(every_n_iterations) or train_time_interval is not None
         super().__init__(every_n_train_steps=0 if triggered else None, **kwargs)
@@ -106,12 +111,27 @@ class SafeModelCheckpoint(ModelCheckpoint):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._last_save_time = time.monotonic()
+        if trainer.is_global_zero and self.dirpath and Path(self.dirpath).is_dir():
+            for staging in Path(self.dirpath).glob(".*.tmp*"):  # left by a run killed while saving
+                if staging.name.rsplit(".tmp", 1)[-1] != str(os.getpid()):
+                    staging.unlink(missing_ok=True)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Save the final state as ``last.ckpt``; Lightning only does when nothing was saved during the run, which
+        leaves a time-triggered run's last minutes out of its checkpoint."""
+        if self.save_last and self._iteration(trainer) != self._last_iteration_saved \
+                and not trainer.fast_dev_run and trainer.state.fn == TrainerFn.FITTING:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    @staticmethod
+    def _iteration(trainer: pl.Trainer) -> int:
+        return trainer.fit_loop.epoch_loop.total_batch_idx + 1
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
         if trainer.fast_dev_run or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
             return
-        iteration = trainer.fit_loop.epoch_loop.total_batch_idx + 1
+        iteration = self._iteration(trainer)
         now = time.monotonic()
         due_iterations = self.every_n_iterations > 0 and iteration % self.every_n_iterations == 0
         due_time = self.save_interval is not None and self._last_save_time is not None \
@@ -122,7 +142,7 @@ class SafeModelCheckpoint(ModelCheckpoint):
         candidates = self._monitor_candidates(trainer)
         self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
-        self._last_save_time, self._last_iteration_saved = now, iteration
+        self._last_save_time = now
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         target = Path(filepath)
@@ -147,6 +167,7 @@ class SafeModelCheckpoint(ModelCheckpoint):
         # what ModelCheckpoint._save_checkpoint records, once the file is in place
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
+        self._last_iteration_saved = self._iteration(trainer)
         if trainer.is_global_zero:
             for pl_logger in trainer.loggers:
                 pl_logger.after_save_checkpoint(proxy(self))

@@ -69,6 +69,9 @@ def _load_folder(path: Path, device: str, strict: bool):
     except Exception as err:  # json, draccus and registry errors all mean the same thing here
         raise PolicyLoadError(f"{path / 'config.json'} is not a valid zprl policy config ({type(err).__name__}: "
                               f"{err}). {REEXPORT_HINT}") from err
+    if not isinstance(config, ZPRLConfig):
+        raise PolicyLoadError(f"{path / 'config.json'} describes a {config.type!r} policy, not a zprl one. Load it "
+                              "with LeRobot's own policy class, or point at a zprl policy export.")
     config.device = device
     policy = ZPRLPolicy(config)
     _load_folder_weights(policy, path, strict)
