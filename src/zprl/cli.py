@@ -138,26 +138,18 @@ def _compare(ns: argparse.Namespace) -> None:
                    overrides=ns.override, output_dir=ns.output_dir, jobs=ns.jobs)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a count of demos, episodes, envs, jobs or pixels)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def int_at_least(low: int):
+    """argparse type: a whole number >= ``low`` (counts of demos, episodes, envs, jobs and pixels; seeds)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
 
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0 (a seed)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,11 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="demonstration data").add_subparsers(dest="data_command", required=True)
     gen = data.add_parser("generate", help="scripted mixed-quality demos -> robomimic HDF5 + LeRobot dataset")
     gen.add_argument("--task", default="lift", help="lift | can | square | reach (a biased PointReach operator)")
-    gen.add_argument("--demos", type=positive_int, default=100)
+    gen.add_argument("--demos", type=int_at_least(1), default=100)
     gen.add_argument("--out", default="data/lift_mh")
-    gen.add_argument("--seed", type=non_negative_int, default=0)
+    gen.add_argument("--seed", type=int_at_least(0), default=0)
     gen.add_argument("--cameras", nargs="*", default=[], help="e.g. agentview robot0_eye_in_hand")
-    gen.add_argument("--camera-size", type=positive_int, default=84)
+    gen.add_argument("--camera-size", type=int_at_least(1), default=84)
     gen.add_argument("--overwrite", action="store_true",
                      help="replace a dataset this command wrote earlier (folders holding other files are refused)")
     gen.add_argument("--bias", type=float, nargs=2, default=[0.1, 0.0], help="reach only: the operator's aiming offset")
@@ -180,9 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="roll out a pretrained policy (LeRobot folder or .ckpt)")
     ev.add_argument("--policy", required=True)
     ev.add_argument("--task", default="lift")
-    ev.add_argument("--episodes", type=positive_int, default=50)
-    ev.add_argument("--num-envs", type=positive_int, default=4)
-    ev.add_argument("--seed", type=non_negative_int, default=100_000)
+    ev.add_argument("--episodes", type=int_at_least(1), default=50)
+    ev.add_argument("--num-envs", type=int_at_least(1), default=4)
+    ev.add_argument("--seed", type=int_at_least(0), default=100_000)
     ev.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ev.add_argument("--video-dir", default=None)
     ev.set_defaults(func=_evaluate)
@@ -194,10 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--base", nargs="+", default=["conf/zprl_online.yaml"],
                      help="online config(s) the method overlays apply to, in order (e.g. a task overlay last)")
     cmp.add_argument("--task", default=None, help="override the configs' task")
-    cmp.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2])
+    cmp.add_argument("--seeds", type=int_at_least(0), nargs="+", default=[0, 1, 2])
     cmp.add_argument("--experiment", default="zprl-compare")
     cmp.add_argument("--output-dir", default="outputs/compare", help="run folders (checkpoints) go here")
-    cmp.add_argument("--jobs", type=positive_int, default=1, help="runs at once (separate processes)")
+    cmp.add_argument("--jobs", type=int_at_least(1), default=1, help="runs at once (separate processes)")
     cmp.set_defaults(func=_compare)
     return parser
 

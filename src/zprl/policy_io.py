@@ -13,11 +13,9 @@ from lerobot.processor.converters import policy_action_to_transition, transition
 
 PREPROCESSOR_FILE = "policy_preprocessor.json"
 POSTPROCESSOR_FILE = "policy_postprocessor.json"
-logger = logging.getLogger(__name__)
-
-
 REEXPORT_HINT = ("Re-export the policy with the current zprl (`PretrainModule.export_policy`, or rerun "
                  "`lightning fit -c conf/pretrain.yaml`), or load it with the zprl version that wrote it.")
+logger = logging.getLogger(__name__)
 
 
 class PolicyLoadError(RuntimeError):
@@ -107,7 +105,11 @@ def _load_checkpoint(path: Path, device: str, strict: bool):
         raise PolicyLoadError(f"{path} is not a zprl pretraining checkpoint (no {CHECKPOINT_KEY!r} entry). Pass a "
                               "checkpoint of `lightning fit -c conf/pretrain.yaml` or an exported policy folder.")
     saved = checkpoint[CHECKPOINT_KEY]
-    config = draccus.decode(ZPRLConfig, json.loads(saved["policy_config"]))
+    try:
+        config = draccus.decode(ZPRLConfig, json.loads(saved["policy_config"]))
+    except Exception as err:  # fields of another zprl version's ZPRLConfig
+        raise PolicyLoadError(f"The policy config stored in {path} does not fit this zprl's ZPRLConfig "
+                              f"({type(err).__name__}: {err}). {REEXPORT_HINT}") from err
     config.device = device
     policy = ZPRLPolicy(config)
     prefix = "policy."
