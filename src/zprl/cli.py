@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -12,7 +13,7 @@ from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 
 from zprl.checkpointing import resolve_resume_checkpoint
-from zprl.tracking import MLflowSaveConfigCallback, flatten_config, prepare_tracking, tracking_uri
+from zprl.tracking import MLflowSaveConfigCallback, flatten_config, prepare_tracking
 
 # Model settings that may differ between a checkpoint and the resumed run: the budget and evaluation schedule.
 RESUMABLE_CHANGES = frozenset({"total_env_steps", "eval_every_env_steps", "eval_episodes", "eval_num_envs"})
@@ -59,7 +60,10 @@ class ZPRLLightningCLI(LightningCLI):
         loggers = self.config[self.config.subcommand].trainer.get("logger")
         for logger_config in loggers if isinstance(loggers, list) else [loggers]:
             if isinstance(logger_config, Namespace) and logger_config.get("class_path", "").endswith("MLFlowLogger"):
-                prepare_tracking(logger_config.init_args.get("tracking_uri") or tracking_uri())
+                # MLFlowLogger's own default: MLFLOW_TRACKING_URI, else a file store MLflow handles itself
+                uri = logger_config.init_args.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+                if uri:
+                    prepare_tracking(uri)
 
     # Overrides LightningCLI's private hook (called while parsing, before anything is instantiated), which
     # torch.loads the checkpoint and overwrites the parsed model settings with its hyper-parameters.

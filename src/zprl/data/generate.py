@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import logging
 import os
 import shutil
 import time
@@ -33,6 +34,7 @@ TASK_DESCRIPTIONS = {
     "square": "Fit the square nut onto the square peg.",
 }
 MAX_ATTEMPTS_PER_DEMO = 20  # give up on a tier whose success rate is below 1/20
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,8 +111,8 @@ OUTPUT_NAMES = frozenset({HDF5_NAME, LEROBOT_DIR, REPORT_NAME})  # what generate
 STAGING_TAGS = (".partial-", ".old-")  # hidden siblings of an output folder: one being written, one being replaced
 
 
-def _staging_sibling(out: Path, tag: str, pid: int | None = None) -> Path:
-    return out.parent / f".{out.name}{tag}{os.getpid() if pid is None else pid}"
+def _staging_sibling(out: Path, tag: str) -> Path:
+    return out.parent / f".{out.name}{tag}{os.getpid()}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -123,16 +125,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_staging(out: Path) -> list[Path]:
+def remove_stale_staging(out: Path) -> None:
     """Delete the hidden staging folders a killed run left beside ``out`` (only those of dead processes)."""
-    removed = []
     for tag in STAGING_TAGS:
         for path in out.parent.glob(f".{glob.escape(out.name)}{tag}*"):
             pid = path.name.rsplit("-", 1)[-1]
             if pid.isdigit() and not _pid_alive(int(pid)):
+                logger.warning("Removing %s, left behind by a killed `zprl data generate`.", path)
                 shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
-    return removed
 
 
 def prepare_out_dir(out: Path, overwrite: bool, owned: frozenset[str] = OUTPUT_NAMES) -> None:
