@@ -14,10 +14,12 @@ import textwrap
 import time
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
 
 from zprl.checkpointing import SafeModelCheckpoint, previous_path, resolve_resume_checkpoint
 from zprl.cli import lightning_main, zprl_main
@@ -217,6 +219,37 @@ def test_resume_refuses_changed_model_settings(online_run, tmp_path):
     message = str(err.value)
     assert "steering_scale: checkpoint 1.0, command line 2.0" in message and "steering: checkpoint 'latent'" in message
     assert not (tmp_path / "checkpoints").exists()
+
+
+class _ManualOptimisation(L.LightningModule):
+    """A linear model trained with manual optimisation, as the online module is."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(self.layer(batch).pow(2).mean())
+        optimizer.step()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return DataLoader(torch.randn(8, 2), batch_size=2)
+
+
+def test_time_trigger_works_with_manual_optimisation(tmp_path):
+    # Lightning's ModelCheckpoint never checks train_time_interval under manual optimisation.
+    checkpoint = SafeModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, train_time_interval="0:00:00")
+    L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+              callbacks=[checkpoint]).fit(_ManualOptimisation())
+    steps = {name: torch.load(tmp_path / name, weights_only=True)["global_step"]
+             for name in ("last.ckpt", "last.prev.ckpt")}
+    assert steps == {"last.ckpt": 4, "last.prev.ckpt": 3}
 
 
 def test_checkpoint_callback_rejects_lightning_step_trigger(tmp_path):
