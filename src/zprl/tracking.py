@@ -20,17 +20,15 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 # mlflow 3.x refuses plain file stores; a sqlite database next to the project keeps runs local.
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+SQLITE_PREFIX = "sqlite:///"
+SERVER_PROBE_TIMEOUT_S = 5.0
+STORE_INIT_ATTEMPTS = 5  # tries to open a store another process keeps locked
+logger = logging.getLogger(__name__)
 
 
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else the project's sqlite store."""
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
-
-
-SQLITE_PREFIX = "sqlite:///"
-SERVER_PROBE_TIMEOUT_S = 5.0
-STORE_INIT_ATTEMPTS = 5
-logger = logging.getLogger(__name__)
 
 
 def sqlite_store_path(uri: str) -> Path | None:

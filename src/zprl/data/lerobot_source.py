@@ -34,7 +34,7 @@ def _check_root(repo_id: str, root: str | Path | None) -> None:
     if not (root / "meta" / "info.json").is_file():
         nested = [p.parent.parent for p in root.glob("*/meta/info.json")]
         hint = (f"It holds a dataset in {nested[0]}: set `root` to that folder." if nested else
-                f"{generate}, or copy the whole dataset there.")
+                f"{generate}, copy the whole dataset there, or drop `root` to download `{repo_id}` from the hub.")
         raise FileNotFoundError(f"{root} is not a LeRobot dataset: {root / 'meta' / 'info.json'} is missing. {hint}")
     if not (root / "data").is_dir() or not any((root / "data").rglob("*.parquet")):
         raise FileNotFoundError(f"LeRobot dataset {root} has no frames ({root / 'data'} is missing or holds no "
