@@ -87,6 +87,20 @@ def _robomimic(ns: argparse.Namespace) -> None:
         sys.argv = argv
 
 
+def int_at_least(low: int):
+    """argparse type: a whole number >= ``low`` (counts of demos, episodes, envs, jobs and pixels; seeds)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zprl", description=__doc__)
     parser.add_argument("--verbose", action="store_true",
@@ -96,12 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="demonstration data").add_subparsers(dest="data_command", required=True)
     gen = data.add_parser("generate", help="scripted mixed-quality demos -> robomimic HDF5 + LeRobot dataset")
     gen.add_argument("--task", default="lift", help="lift | can | square | reach (a biased PointReach operator)")
-    gen.add_argument("--demos", type=int, default=100)
+    gen.add_argument("--demos", type=int_at_least(1), default=100)
     gen.add_argument("--out", default="data/lift_mh")
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--seed", type=int_at_least(0), default=0)
     gen.add_argument("--cameras", nargs="*", default=[], help="e.g. agentview robot0_eye_in_hand")
-    gen.add_argument("--camera-size", type=int, default=84)
-    gen.add_argument("--overwrite", action="store_true")
+    gen.add_argument("--camera-size", type=int_at_least(1), default=84)
+    gen.add_argument("--overwrite", action="store_true",
+                     help="replace a dataset this command wrote earlier (folders holding other files are refused)")
     gen.add_argument("--bias", type=float, nargs=2, default=[0.1, 0.0], help="reach only: the operator's aiming offset")
     gen.set_defaults(func=_data_generate)
 
@@ -110,10 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                                "zprl-evaluate).")
     ev.add_argument("--policy", required=True)
     ev.add_argument("--task", default="lift")
-    ev.add_argument("--episodes", type=int, default=50)
-    ev.add_argument("--num-envs", type=int, default=min(4, os.cpu_count() or 1),
+    ev.add_argument("--episodes", type=int_at_least(1), default=50)
+    ev.add_argument("--num-envs", type=int_at_least(1), default=min(4, os.cpu_count() or 1),
                     help="envs in parallel worker processes (default: min(4, CPU cores))")
-    ev.add_argument("--seed", type=int, default=100_000)
+    ev.add_argument("--seed", type=int_at_least(0), default=100_000)
     ev.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     ev.add_argument("--video-dir", default=None, help="write videos here (and log them to MLflow)")
     ev.add_argument("--experiment", default="zprl-evaluate", help="MLflow experiment")
@@ -127,10 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--base", nargs="+", default=["conf/zprl_online.yaml"],
                      help="online config(s) the method overlays apply to, in order (e.g. a task overlay last)")
     cmp.add_argument("--task", default=None, help="override the configs' task")
-    cmp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    cmp.add_argument("--seeds", type=int_at_least(0), nargs="+", default=[0, 1, 2])
     cmp.add_argument("--experiment", default="zprl-compare")
     cmp.add_argument("--output-dir", default="outputs/compare", help="run folders (checkpoints) go here")
-    cmp.add_argument("--jobs", type=int, default=1, help="runs at once (separate processes)")
+    cmp.add_argument("--jobs", type=int_at_least(1), default=1, help="runs at once (separate processes)")
     cmp.set_defaults(func=_compare)
 
     rm = sub.add_parser("robomimic", help="run one of robomimic's scripts (e.g. playback_dataset.py) with the "

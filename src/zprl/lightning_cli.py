@@ -3,18 +3,24 @@ that says where a run's results went and which command comes next."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from jsonargparse import set_parsing_settings
+from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import MLFlowLogger
 
-from zprl.tracking import MLflowSaveConfigCallback
+from zprl.checkpointing import resolve_resume_checkpoint
+from zprl.tracking import MLflowSaveConfigCallback, flatten_config, prepare_tracking
+
+# Model settings that may differ between a checkpoint and the resumed run: the budget and evaluation schedule.
+RESUMABLE_CHANGES = frozenset({"total_env_steps", "eval_every_env_steps", "eval_episodes", "eval_num_envs"})
+LIGHTNING_CKPT_ALIASES = frozenset({"last", "best", "hpc", "registry"})
 
 
 class ZPRLProgressBar(RichProgressBar):
@@ -30,12 +36,71 @@ class ZPRLProgressBar(RichProgressBar):
         return f"Epoch {current_epoch}".ljust(len(self.validation_description))  # padded as Lightning does
 
 
+def _plain(value: Any) -> Any:
+    """Config values in one comparable form (tuples as lists, Namespaces as dicts)."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def resume_conflicts(checkpoint_hparams: dict, class_path: str, init_args: dict) -> list[str]:
+    """Model settings of the command line that differ from the checkpoint's, except :data:`RESUMABLE_CHANGES`."""
+    hparams = {key: value for key, value in checkpoint_hparams.items() if key != "_instantiator"}
+    saved_class = hparams.pop("_class_path", None)
+    conflicts = []
+    if saved_class and saved_class != class_path:
+        conflicts.append(f"model class: checkpoint {saved_class}, command line {class_path}")
+    saved, given = flatten_config(_plain(hparams)), flatten_config(_plain(init_args))
+    for key in sorted(saved.keys() & given.keys()):
+        if key.split(".")[0] not in RESUMABLE_CHANGES and saved[key] != given[key]:
+            conflicts.append(f"{key}: checkpoint {saved[key]!r}, command line {given[key]!r}")
+    return conflicts
+
+
 class ZPRLLightningCLI(LightningCLI):
     """LightningCLI in subclass mode with ``omegaconf+`` parsing: ``${...}`` interpolation is resolved on the
     merged config (all ``-c`` files and command-line overrides), so overlays and overrides propagate.
 
     A config that names no progress bar (and does not disable it) gets :class:`ZPRLProgressBar`.
+    ``--ckpt_path`` differs from Lightning's: an unreadable checkpoint falls back to the previous one kept
+    beside it (``zprl.checkpointing``), and instead of silently replacing the command line's model settings
+    with the checkpoint's, the run keeps the command line's budget / evaluation schedule and refuses any
+    other difference (architecture, steering, method) with an error listing them.
     """
+
+    def before_instantiate_classes(self) -> None:
+        """Ready every MLflow logger's store (created once under a lock) or server (probed) before the run."""
+        loggers = self.config[self.config.subcommand].trainer.get("logger")
+        for logger_config in loggers if isinstance(loggers, list) else [loggers]:
+            if isinstance(logger_config, Namespace) and logger_config.get("class_path", "").endswith("MLFlowLogger"):
+                # MLFlowLogger's own default: MLFLOW_TRACKING_URI, else a file store MLflow handles itself
+                uri = logger_config.init_args.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+                if uri:
+                    prepare_tracking(uri)
+
+    # Overrides LightningCLI's private hook (called while parsing, before anything is instantiated), which
+    # torch.loads the checkpoint and overwrites the parsed model settings with its hyper-parameters.
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or str(ckpt_path) in LIGHTNING_CKPT_ALIASES:
+            return
+        resolved = resolve_resume_checkpoint(ckpt_path)
+        self.config[subcommand].ckpt_path = str(resolved)
+        hparams = torch.load(resolved, weights_only=True, map_location="cpu").get("hyper_parameters") or {}
+        model = self.config[subcommand].model
+        conflicts = resume_conflicts(hparams, model.class_path, model.init_args)
+        if conflicts:
+            raise SystemExit(
+                f"error: the command line's model settings differ from those of the checkpoint {resolved}:\n  "
+                + "\n  ".join(conflicts)
+                + f"\nResuming continues the checkpointed run; only {sorted(RESUMABLE_CHANGES)} and trainer settings "
+                "may change. Use the checkpointed run's settings (its config.yaml), or start a new run without "
+                "--ckpt_path (and another trainer.default_root_dir).")
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> pl.Trainer:
         listed = config.get("callbacks")

@@ -16,7 +16,7 @@ def split_episodes(episodes: list, val_fraction: float, seed: int) -> tuple[list
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
     order = np.random.default_rng(seed).permutation(len(episodes))
-    n_val = min(int(round(val_fraction * len(episodes))), len(episodes) - 1)
+    n_val = min(round(val_fraction * len(episodes)), len(episodes) - 1)
     val = sorted(episodes[i] for i in order[:n_val])
     train = sorted(episodes[i] for i in order[n_val:])
     return train, val
@@ -32,6 +32,13 @@ class PolicyDataModule(L.LightningDataModule):
     def __init__(self, n_obs_steps: int = 2, horizon: int = 16, batch_size: int = 64, num_workers: int = 0,
                  val_fraction: float = 0.1, seed: int = 0):
         super().__init__()
+        for name, value, low in (("n_obs_steps", n_obs_steps, 1), ("horizon", horizon, 1),
+                                 ("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"data.init_args.{name} must be an integer >= {low}, got {value!r}.")
+        if horizon < n_obs_steps:
+            raise ValueError(f"data.init_args.horizon ({horizon}) must be >= data.init_args.n_obs_steps "
+                             f"({n_obs_steps}): the action chunk starts at the first observed frame.")
         self.n_obs_steps, self.horizon = n_obs_steps, horizon
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_fraction, self.seed = val_fraction, seed
@@ -85,12 +92,13 @@ class RobomimicDataModule(PolicyDataModule):
     def _all_episodes(self) -> list[str]:
         import h5py
 
-        from zprl.data.robomimic_source import resolve_filter_key
+        from zprl.data.robomimic_source import reading_hdf5, resolve_filter_key
         from zprl.data.robomimic_writer import validate_robomimic_hdf5
 
-        info = validate_robomimic_hdf5(self.hdf5_path)
-        with h5py.File(self.hdf5_path, "r") as f:
-            return resolve_filter_key(self.filter_key, info["filter_keys"], info["demos"], f)
+        with reading_hdf5(self.hdf5_path):
+            info = validate_robomimic_hdf5(self.hdf5_path)
+            with h5py.File(info["path"], "r") as f:
+                return resolve_filter_key(self.filter_key, info["filter_keys"], info["demos"], f)
 
     def _build(self, episodes: list[str]) -> Dataset:
         from zprl.data.robomimic_source import RobomimicPolicyDataset

@@ -6,10 +6,14 @@ successful attempts are kept, but every attempt is counted, and the per-tier suc
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
+import logging
+import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +34,7 @@ TASK_DESCRIPTIONS = {
     "square": "Fit the square nut onto the square peg.",
 }
 MAX_ATTEMPTS_PER_DEMO = 20  # give up on a tier whose success rate is below 1/20
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,30 +107,102 @@ def attempt_seed(seed: int, tier: str, attempt: int) -> int:
     return int(np.random.SeedSequence([seed, TIER_IDS[tier], attempt]).generate_state(1)[0])
 
 
-def remove_outputs(out: Path) -> None:
-    """Delete what :func:`generate_dataset` writes in ``out``, and nothing else."""
-    for path in (out / HDF5_NAME, out / LEROBOT_DIR, out / REPORT_NAME):
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+OUTPUT_NAMES = frozenset({HDF5_NAME, LEROBOT_DIR, REPORT_NAME})  # what generate_dataset writes in its folder
+STAGING_TAGS = (".partial-", ".old-")  # hidden siblings of an output folder: one being written, one being replaced
 
 
-def prepare_out_dir(out: Path, overwrite: bool) -> None:
-    """Create ``out``; refuse a non-empty one unless ``overwrite`` (which removes only our own outputs)."""
+def _staging_sibling(out: Path, tag: str) -> Path:
+    return out.parent / f".{out.name}{tag}{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_staging(out: Path) -> None:
+    """Delete the hidden staging folders a killed run left beside ``out`` (only those of dead processes)."""
+    for tag in STAGING_TAGS:
+        for path in out.parent.glob(f".{glob.escape(out.name)}{tag}*"):
+            pid = path.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                logger.warning("Removing %s, left behind by a killed `zprl data generate`.", path)
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def prepare_out_dir(out: Path, overwrite: bool, owned: frozenset[str] = OUTPUT_NAMES) -> None:
+    """Check that a dataset may be written to ``out``; nothing is deleted here.
+
+    A non-empty ``out`` is refused unless ``overwrite``, and even then when it holds anything besides a
+    dataset this generator writes (``owned`` names): ``--overwrite`` never deletes other files. Leftovers of
+    a killed run (hidden ``.<name>.partial-<pid>`` folders beside ``out``) are removed.
+    """
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"Output path {out} is a file. Pass another --out (a folder for the dataset).")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"Output directory {out} exists and is not empty. Pass another --out, delete "
                                   "it, or pass --overwrite (overwrite=True) to replace the dataset in it.")
-        remove_outputs(out)
+        foreign = sorted(path.name for path in out.iterdir() if path.name not in owned)
+        if foreign:
+            raise FileExistsError(
+                f"Output directory {out} holds files this generator did not write ({foreign[:5]}"
+                f"{' ...' if len(foreign) > 5 else ''}), so --overwrite will not replace it: it would delete them. "
+                f"Pass another --out, or move those files away first.")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = _staging_sibling(out, ".write-test-")
         probe.touch()
         probe.unlink()
     except OSError as err:
         raise PermissionError(f"Cannot write the dataset to {out} ({err.strerror or err}). "
                               "Pass another --out pointing to a writable directory.") from err
+    remove_stale_staging(out)
+
+
+def publish_dataset(staging: Path, out: Path) -> None:
+    """Move the complete dataset folder ``staging`` to ``out``; an old dataset there is moved aside, then deleted.
+
+    Both moves are renames within one folder, so ``out`` is never a partial dataset: a kill between them
+    leaves no ``out`` and the old dataset in a hidden ``.<name>.old-<pid>`` folder (removed by the next run).
+    """
+    old = None
+    if out.is_dir():
+        if any(out.iterdir()):
+            old = _staging_sibling(out, ".old-")
+            os.replace(out, old)
+        else:
+            out.rmdir()
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def close_quietly(writer: LeRobotWriter | None) -> None:
+    """Finalize a LeRobot writer of a failed run now: LeRobot flushes unfinished writers when they are garbage
+    collected, which would recreate files in the staging folder after it was deleted."""
+    if writer is not None:
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+@contextlib.contextmanager
+def staged_output(out: Path, overwrite: bool, owned: frozenset[str] = OUTPUT_NAMES) -> Iterator[Path]:
+    """Yield a not-yet-existing staging path beside ``out`` to write the dataset into; publish it to ``out`` only
+    when the block completes. On any error or Ctrl-C the staging folder is deleted and ``out`` is untouched."""
+    prepare_out_dir(out, overwrite, owned)
+    staging = _staging_sibling(out, ".partial-")
+    try:
+        yield staging
+        publish_dataset(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def collect_tier(env: gym.Env, task: str, tier: str, count: int, seed: int, writers: Sequence, bar: tqdm) -> dict:
@@ -155,8 +232,10 @@ def generate_dataset(task: str, num_demos: int, out: str | Path, seed: int = 0,
 
     Writes ``<out>/demo.hdf5`` (robomimic, with tier and train/valid masks), ``<out>/lerobot``
     (LeRobot v3, repo_id ``zprl/<out name>``) and ``<out>/report.json``; returns the report, with
-    per-tier ``attempts``, ``demos``, ``success_rate`` and ``mean_length``. On failure nothing is left
-    behind in ``out``.
+    per-tier ``attempts``, ``demos``, ``success_rate`` and ``mean_length``. Everything is written to a
+    hidden staging folder beside ``out`` that becomes ``out`` only once complete: an error, Ctrl-C or kill
+    never leaves a partial dataset at ``out``, and a rerun starts cleanly. ``overwrite`` replaces a dataset
+    this function wrote, never a folder holding other files.
     """
     if task not in EXPERTS:
         raise ValueError(f"No scripted expert for task {task!r}. Choose one of {sorted(EXPERTS)}"
@@ -166,14 +245,24 @@ def generate_dataset(task: str, num_demos: int, out: str | Path, seed: int = 0,
         raise ValueError(f"num_demos must be >= 1, got {num_demos}.")
     counts = tier_counts(num_demos, tier_fractions)
     out = Path(out)
-    prepare_out_dir(out, overwrite)
+    with staged_output(out, overwrite) as staging:
+        staging.mkdir()
+        report = _write_dataset(task, num_demos, counts, out, staging, seed, tier_fractions, camera_names,
+                                camera_size, progress)
+    return report
 
+
+def _write_dataset(task: str, num_demos: int, counts: dict[str, int], out: Path, staging: Path, seed: int,
+                   tier_fractions: Sequence[float], camera_names: Sequence[str], camera_size: int,
+                   progress: bool) -> dict:
+    """Collect and write the dataset into ``staging``; the report names the final paths under ``out``."""
     start = time.time()
     env = make_env(task, camera_names=tuple(camera_names), camera_size=camera_size)
     repo_id = f"zprl/{out.resolve().name}"
-    hdf5 = RobomimicHDF5Writer(out / HDF5_NAME, env.unwrapped.robomimic_env.serialize())
+    hdf5 = RobomimicHDF5Writer(staging / HDF5_NAME, env.unwrapped.robomimic_env.serialize())
+    lerobot = None
     try:
-        lerobot = LeRobotWriter(out / LEROBOT_DIR, repo_id, FPS,
+        lerobot = LeRobotWriter(staging / LEROBOT_DIR, repo_id, FPS,
                                 lerobot_features(env.observation_space, env.action_space.shape[0]),
                                 TASK_DESCRIPTIONS[task])
         with tqdm(total=num_demos, desc=f"{task} demos", disable=not progress) as bar:
@@ -181,11 +270,11 @@ def generate_dataset(task: str, num_demos: int, out: str | Path, seed: int = 0,
                      for tier, count in counts.items()}
         masks = hdf5.close(seed=seed)
         lerobot.close()
-    except BaseException:  # incl. KeyboardInterrupt: leave no partial dataset behind
-        hdf5.file.close()
-        remove_outputs(out)
+    except BaseException:
+        close_quietly(lerobot)
         raise
     finally:
+        hdf5.file.close()  # idempotent; the staging folder is deleted on failure
         env.close()
 
     report = {
@@ -195,5 +284,5 @@ def generate_dataset(task: str, num_demos: int, out: str | Path, seed: int = 0,
         "hdf5": str(out / HDF5_NAME), "lerobot_root": str(out / LEROBOT_DIR), "repo_id": repo_id, "fps": FPS,
         "seconds": round(time.time() - start, 1),
     }
-    (out / REPORT_NAME).write_text(json.dumps(report, indent=2))
+    (staging / REPORT_NAME).write_text(json.dumps(report, indent=2))
     return report

@@ -18,16 +18,36 @@ QUALITY_COLUMN = "quality_tier"
 
 
 def _check_root(repo_id: str, root: str | Path | None) -> None:
-    if root is not None and not Path(root).exists():
-        raise FileNotFoundError(
-            f"LeRobot dataset root {root} does not exist. Generate one with "
-            f"`zprl data generate --task lift --demos 100 --out data/lift_mh` (root data/lift_mh/lerobot), "
-            f"or drop `root` to download `{repo_id}` from the Hugging Face hub.")
+    """A local ``root`` must hold a whole LeRobot dataset (``meta/info.json`` and ``data/``): LeRobot would
+    otherwise try to download the missing parts from the hub and fail with a network error."""
+    if root is None:
+        return
+    root = Path(root)
+    generate = ("Generate one with `zprl data generate --task lift --demos 100 --out data/lift_mh` (root "
+                "data/lift_mh/lerobot)")
+    if not root.exists():
+        raise FileNotFoundError(f"LeRobot dataset root {root} does not exist. {generate}, or drop `root` to "
+                                f"download `{repo_id}` from the Hugging Face hub.")
+    if not root.is_dir():
+        raise NotADirectoryError(f"LeRobot dataset root {root} is a file; `root` must be the dataset folder (the one "
+                                 "holding meta/ and data/).")
+    if not (root / "meta" / "info.json").is_file():
+        nested = [p.parent.parent for p in root.glob("*/meta/info.json")]
+        hint = (f"It holds a dataset in {nested[0]}: set `root` to that folder." if nested else
+                f"{generate}, copy the whole dataset there, or drop `root` to download `{repo_id}` from the hub.")
+        raise FileNotFoundError(f"{root} is not a LeRobot dataset: {root / 'meta' / 'info.json'} is missing. {hint}")
+    if not (root / "data").is_dir() or not any((root / "data").rglob("*.parquet")):
+        raise FileNotFoundError(f"LeRobot dataset {root} has no frames ({root / 'data'} is missing or holds no "
+                                f".parquet files): an incomplete copy or an interrupted recording. Copy or "
+                                f"generate the dataset again ({generate}).")
 
 
 def _load_error(repo_id: str, root: str | Path | None, err: Exception) -> RuntimeError:
-    return RuntimeError(f"Could not load LeRobot dataset {repo_id!r} (root={root}): {err}. Offline? Set "
-                        f"`root` to a local copy (HF_HUB_OFFLINE=1), or check the repo id.")
+    if root is not None:
+        return RuntimeError(f"Could not read the local LeRobot dataset {root} ({type(err).__name__}: {err}). Its "
+                            "files are damaged or from another LeRobot version: generate or copy it again.")
+    return RuntimeError(f"Could not load LeRobot dataset {repo_id!r} from the Hugging Face hub ({type(err).__name__}:"
+                        f" {err}). Offline? Set `root` to a local copy (HF_HUB_OFFLINE=1), or check the repo id.")
 
 
 def load_lerobot_dataset(repo_id: str, root: str | Path | None = None, **kwargs) -> LeRobotDataset:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -13,12 +15,27 @@ import zprl.compat  # noqa: F401
 import robomimic.utils.obs_utils as ObsUtils
 from robomimic.utils.dataset import SequenceDataset
 
-from zprl.data.robomimic_writer import validate_robomimic_hdf5
+from zprl.data.robomimic_writer import GENERATE_HINT, validate_robomimic_hdf5
 from zprl.data.schema import ACTION, ENV_STATE, IMAGE_PREFIX, STATE, DatasetSpec, array_stats, image_stats
 from zprl.envs.tasks import ROBOSUITE_NAME_TO_TASK
 from zprl.logging_setup import quiet_stdout
 
 IMAGE_SUFFIX = "_image"
+# What h5py raises for a file whose structure or chunks are damaged (bad object headers, symbol tables, inflate).
+HDF5_READ_ERRORS = (OSError, RuntimeError, KeyError)
+
+
+@contextmanager
+def reading_hdf5(path: str | Path) -> Iterator[None]:
+    """Turn h5py's errors on a damaged file into one that names the file and how to replace it."""
+    try:
+        yield
+    except (FileNotFoundError, PermissionError):  # a missing or unreadable file, already named by the caller
+        raise
+    except HDF5_READ_ERRORS as err:
+        raise ValueError(f"Cannot read the robomimic dataset {path} ({type(err).__name__}: {err}): the file is "
+                         f"damaged (an interrupted write or copy?). Regenerate it with `{GENERATE_HINT} --overwrite` "
+                         "or download it again.") from err
 
 
 def resolve_filter_key(filter_key: str | None, available: list[str], all_demos: list[str],
@@ -58,7 +75,8 @@ class RobomimicPolicyDataset(Dataset):
     def __init__(self, hdf5_path: str | Path, n_obs_steps: int, horizon: int,
                  state_keys: list[str], env_state_keys: list[str], camera_keys: list[str] = (),
                  demos: list[str] | None = None):
-        info = validate_robomimic_hdf5(hdf5_path)
+        with reading_hdf5(hdf5_path):
+            info = validate_robomimic_hdf5(hdf5_path)
         missing = [k for k in [*state_keys, *env_state_keys, *camera_keys] if k not in info["obs_keys"]]
         if missing:
             raise KeyError(f"Observation keys {missing} are not in {hdf5_path}. Available obs keys: "
@@ -71,27 +89,29 @@ class RobomimicPolicyDataset(Dataset):
         with quiet_stdout():  # robomimic prints the obs spec
             ObsUtils.initialize_obs_utils_with_obs_specs(
                 {"obs": {"low_dim": [*self.state_keys, *self.env_state_keys], "rgb": self.camera_keys}})
-        self.sequences = _DemoSubsetSequenceDataset(
-            hdf5_path=str(hdf5_path),
-            obs_keys=[*self.state_keys, *self.env_state_keys, *self.camera_keys],
-            dataset_keys=("actions",),
-            frame_stack=n_obs_steps,
-            seq_length=horizon - n_obs_steps + 1,
-            pad_frame_stack=True,
-            pad_seq_length=True,
-            get_pad_mask=True,
-            hdf5_cache_mode="low_dim",
-            hdf5_use_swmr=True,
-            load_next_obs=False,
-            demos=self.demos,
-        )
+        with reading_hdf5(hdf5_path):
+            self.sequences = _DemoSubsetSequenceDataset(
+                hdf5_path=str(hdf5_path),
+                obs_keys=[*self.state_keys, *self.env_state_keys, *self.camera_keys],
+                dataset_keys=("actions",),
+                frame_stack=n_obs_steps,
+                seq_length=horizon - n_obs_steps + 1,
+                pad_frame_stack=True,
+                pad_seq_length=True,
+                get_pad_mask=True,
+                hdf5_cache_mode="low_dim",
+                hdf5_use_swmr=True,
+                load_next_obs=False,
+                demos=self.demos,
+            )
         self.env_meta = info["env_meta"]
 
     def __len__(self) -> int:
         return len(self.sequences)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        item = self.sequences[index]
+        with reading_hdf5(self.sequences.hdf5_path):  # images are read from the file on demand
+            item = self.sequences[index]
         obs = item["obs"]
         n = self.n_obs_steps
         sample = {
@@ -118,17 +138,21 @@ class RobomimicPolicyDataset(Dataset):
 
     def stats(self, max_image_frames: int = 2000) -> dict[str, dict[str, np.ndarray]]:
         """LeRobot-format normalisation statistics over this dataset's demos."""
-        with h5py.File(self.sequences.hdf5_path, "r") as f:
-            demos = [f[f"data/{d}"] for d in self.demos]
-            stats = {
-                STATE: array_stats(np.concatenate([np.concatenate([d[f"obs/{k}"][:] for k in self.state_keys], -1)
-                                                   for d in demos])),
-                ENV_STATE: array_stats(np.concatenate([np.concatenate([d[f"obs/{k}"][:] for k in self.env_state_keys], -1)
-                                                       for d in demos])),
-                ACTION: array_stats(np.concatenate([d["actions"][:] for d in demos])),
-            }
-            stride = max(1, sum(int(d.attrs["num_samples"]) for d in demos) // max_image_frames)
-            for key in self.camera_keys:
-                frames = np.concatenate([d[f"obs/{key}"][::stride] for d in demos])
-                stats[IMAGE_PREFIX + key.removesuffix(IMAGE_SUFFIX)] = image_stats(frames)
+        path = self.sequences.hdf5_path
+        try:
+            with reading_hdf5(path), h5py.File(path, "r") as f:
+                demos = [f[f"data/{d}"] for d in self.demos]
+                def columns(keys: list[str]) -> np.ndarray:
+                    return np.concatenate([np.concatenate([d[f"obs/{k}"][:] for k in keys], -1) for d in demos])
+
+                stats = {STATE: array_stats(columns(self.state_keys)), ENV_STATE: array_stats(columns(self.env_state_keys)),
+                         ACTION: array_stats(np.concatenate([d["actions"][:] for d in demos]))}
+                stride = max(1, sum(int(d.attrs["num_samples"]) for d in demos) // max_image_frames)
+                for key in self.camera_keys:
+                    frames = np.concatenate([d[f"obs/{key}"][::stride] for d in demos])
+                    stats[IMAGE_PREFIX + key.removesuffix(IMAGE_SUFFIX)] = image_stats(frames)
+        except ValueError as err:  # non-finite values (a damaged file): name it
+            if str(path) in str(err):
+                raise
+            raise ValueError(f"{path}: {err}") from err
         return stats

@@ -16,7 +16,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from zprl.tracking import tracking_uri
+from zprl.tracking import prepare_tracking, tracking_uri
 
 SUCCESS_METRIC = "eval/success_rate"
 SUMMARY_METRICS = ("eval/success_rate", "eval/mean_return", "eval/jerk", "eval/action_delta")
@@ -207,7 +207,7 @@ def run_comparison(configs: list[str], base: str | list[str] = "conf/zprl_online
         if not Path(config).exists():
             raise FileNotFoundError(f"Config {config} not found; methods live in conf/methods/, the base in "
                                     f"conf/zprl_online.yaml.")
-    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_tracking_uri(prepare_tracking(tracking_uri()))  # schema created once, before the runs start
     experiment_id = mlflow.set_experiment(experiment).experiment_id
     client = MlflowClient()
     names = [method_name(c) for c in configs]

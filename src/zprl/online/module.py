@@ -111,7 +111,8 @@ class OnlineRLModule(L.LightningModule):
         self.save_hyperparameters(ignore=["sac"])
         self.hparams.sac = asdict(sac_config)  # a plain dict keeps checkpoints loadable with weights_only
         self.method_name = method_name or steering
-        for name in ("total_env_steps", "env_steps_per_iter", "eval_every_env_steps", "eval_episodes", "num_envs"):
+        for name in ("total_env_steps", "env_steps_per_iter", "eval_every_env_steps", "eval_episodes", "num_envs",
+                     "buffer_capacity", "noise_steps"):
             if getattr(self.hparams, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self.hparams, name)}.")
         if utd_ratio < 0 or warmup_transitions < 0:

@@ -66,8 +66,14 @@ class ReplayBuffer:
         return Transitions(*(store[idx] for store in self.storage))
 
     def state_dict(self) -> dict:
-        """Filled slots of the storage (in slot order) plus the write position; tensors on the CPU."""
-        filled = {name: store[: self.size].cpu() for name, store in zip(Transitions._fields, self.storage, strict=True)}
+        """Filled slots of the storage (in slot order) plus the write position; tensors on the CPU.
+
+        The slices are cloned: a slice of a CPU buffer shares the whole preallocated storage, and
+        ``torch.save`` writes a tensor's entire storage, so 258 transitions of a 3M-slot buffer would
+        cost hundreds of MB in every checkpoint.
+        """
+        filled = {name: store[: self.size].to("cpu", copy=True)
+                  for name, store in zip(Transitions._fields, self.storage, strict=True)}
         return {"capacity": self.capacity, "pos": self.pos, "size": self.size, **filled}
 
     def load_state_dict(self, state: dict) -> None:
