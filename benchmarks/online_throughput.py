@@ -7,6 +7,9 @@ otherwise), as in benchmarks/env_throughput.py. Usage:
 
     OMP_NUM_THREADS=1 uv run python benchmarks/online_throughput.py --task lift \\
         --policy outputs/bench/pretrain_lift/policy --num-envs 2 --steps 1000
+
+It also prints the split of the timed iterations into simulator, policy (frozen policy, steering, actor),
+SAC updates, replay buffer and logging (the module's ``time/*`` metrics).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class LoopTimer(Callback):
         self.warmup_transitions = warmup_transitions
         self.seconds = 0.0
         self.env_steps = 0
+        self.phases: dict[str, float] = {}  # seconds per phase (the module's time/* split) over timed iterations
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         self._start = (time.perf_counter(), module.env_steps, module.transitions, module.last_eval_at)
@@ -44,6 +48,8 @@ class LoopTimer(Callback):
         if start_transitions >= self.warmup_transitions and module.last_eval_at == start_eval:
             self.seconds += time.perf_counter() - start_time
             self.env_steps += module.env_steps - start_steps
+            for phase, seconds in module.last_timings.items():
+                self.phases[phase] = self.phases.get(phase, 0.0) + seconds
 
     @property
     def rate(self) -> float:
@@ -52,7 +58,7 @@ class LoopTimer(Callback):
         return self.env_steps / self.seconds
 
 
-def online_loop(args: argparse.Namespace) -> float:
+def online_loop(args: argparse.Namespace) -> LoopTimer:
     module = OnlineRLModule(
         policy_path=args.policy, task=args.task, steering=args.steering,
         num_envs=args.num_envs, asynchronous=args.asynchronous, total_env_steps=args.warmup + args.steps,
@@ -62,7 +68,7 @@ def online_loop(args: argparse.Namespace) -> float:
     timer = LoopTimer(args.warmup // 4)
     L.Trainer(max_steps=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, callbacks=[timer]).fit(module)
-    return timer.rate
+    return timer
 
 
 def main() -> None:
@@ -82,13 +88,18 @@ def main() -> None:
     rng = np.random.default_rng(0)
     reference = raw_robosuite if TASKS[args.task].suite == "robomimic" else zprl_single
     raw = reference(args.task, args.steps, rng)
-    loop = online_loop(args)
+    timer = online_loop(args)
+    loop = timer.rate
     device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
     print(f"\n{args.task}, {args.steering} steering, {args.num_envs} envs, UTD {args.utd}, {device}\n")
     print("| configuration | env steps/s | vs raw simulator |")
     print("|---|---:|---:|")
     print(f"| raw simulator, random actions | {raw:,.0f} | 1.00x |")
     print(f"| online loop (collect + SAC updates) | {loop:,.0f} | {loop / raw:.3f}x |")
+    print("\n| phase of the timed iterations | seconds | share |")
+    print("|---|---:|---:|")
+    for phase, seconds in sorted(timer.phases.items(), key=lambda item: -item[1]):
+        print(f"| {phase.removeprefix('time/').removesuffix('_s')} | {seconds:.2f} | {seconds / timer.seconds:.1%} |")
 
 
 if __name__ == "__main__":

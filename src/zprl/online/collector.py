@@ -180,6 +180,8 @@ class CollectStats:
     episode_successes: list[bool] = field(default_factory=list)
     env_crashes: int = 0
     seconds: float = 0.0
+    simulator_seconds: float = 0.0  # inside the vector env's step
+    policy_seconds: float = 0.0  # frozen policy, steering and actor (new chunks)
     steering_sums: dict[str, Tensor] = field(default_factory=dict)  # Steering.diagnostics, summed over chunks
 
     def add_diagnostics(self, diagnostics: dict[str, Tensor]) -> None:
@@ -190,6 +192,8 @@ class CollectStats:
         """Episode statistics, and RMS of the latent centre (``z_rms``), of mu (``mu_rms``), of the applied
         perturbation scale * u (``step_rms``) and ``step_to_z_ratio`` (the authors' rule of thumb: ~0.1)."""
         metrics = {f"{prefix}env_steps_per_s": self.env_steps / max(self.seconds, 1e-9),
+                   "time/simulator_s": self.simulator_seconds, "time/policy_s": self.policy_seconds,
+                   "time/collect_other_s": self.seconds - self.simulator_seconds - self.policy_seconds,
                    f"{prefix}episodes": float(len(self.episode_successes)),
                    f"{prefix}env_crashes": float(self.env_crashes)}
         if self.episode_successes:
@@ -295,11 +299,13 @@ class ChunkCollector:
         stats = CollectStats()
         out: list[Transitions] = []
         while stats.env_steps < num_env_steps:
+            policy_start = time.perf_counter()
             self._plan_chunks(actor, warmup, stats, out)
+            stats.policy_seconds += time.perf_counter() - policy_start
             self._step(stats, out)
         stats.seconds = time.perf_counter() - start_time
         stats.transitions = sum(len(t.obs) for t in out)
-        batch = Transitions(*(torch.cat(parts) for parts in zip(*out))) if out else None
+        batch = Transitions(*(torch.cat(parts) for parts in zip(*out, strict=True))) if out else None
         return batch, stats
 
     def _plan_chunks(self, actor: Actor | None, warmup: bool, stats: CollectStats, out: list[Transitions]) -> None:
@@ -325,7 +331,9 @@ class ChunkCollector:
     def _step(self, stats: CollectStats, out: list[Transitions]) -> None:
         """One vector-env step: rewards into the chunks in flight, episode ends into transitions."""
         n = self.envs.num_envs
+        step_start = time.perf_counter()
         obs, reward, terminated, truncated, info = self.envs.step(self.agent.pop())
+        stats.simulator_seconds += time.perf_counter() - step_start
         live = ~self.resetting  # envs that really stepped (the others just auto-reset)
         stats.env_steps += int(live.sum())
         self.env_steps += int(live.sum())

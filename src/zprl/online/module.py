@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict
 from typing import Any, Literal, NamedTuple
 
@@ -137,6 +138,7 @@ class OnlineRLModule(L.LightningModule):
         self.last_eval_at = -1
         self.num_updates = 0
         self.transitions = 0  # chunk transitions collected (the warm-up counts these)
+        self.last_timings: dict[str, float] = {}  # seconds per phase of the last iteration (time/* metrics)
         self._restored: dict | None = None
 
     def _make_steering(self, policy):
@@ -204,16 +206,23 @@ class OnlineRLModule(L.LightningModule):
         self.transitions += stats.transitions
         metrics = stats.as_metrics("rollout/")
         if self.sac is not None:
+            buffer_start = time.perf_counter()
             if transitions is not None:
                 self.buffer.add(transitions)
+            update_start = time.perf_counter()
             if self.transitions >= hp.warmup_transitions and len(self.buffer) >= self.sac_config.batch_size:
                 metrics.update(self._update(math.ceil(hp.utd_ratio * stats.transitions)))
+            metrics["time/buffer_s"] = update_start - buffer_start
+            metrics["time/update_s"] = time.perf_counter() - update_start
             metrics["train/buffer_size"] = float(len(self.buffer))
         metrics.update({"env_steps": float(self.env_steps), "train/updates": float(self.num_updates),
                         "rollout/total_transitions": float(self.transitions),
                         "rollout/total_episodes": float(self.collector.episodes),
                         "rollout/total_env_crashes": float(self.collector.env_crashes)})
+        log_start = time.perf_counter()
         self._log(metrics)
+        self.last_timings = {**{k: v for k, v in metrics.items() if k.startswith("time/")},
+                             "time/log_s": time.perf_counter() - log_start}
         if self.env_steps >= hp.total_env_steps:
             self.evaluate()
             self.trainer.should_stop = True
@@ -240,7 +249,8 @@ class OnlineRLModule(L.LightningModule):
         return {f"train/{key}": value for key, value in metrics.items()}
 
     def _agent(self, num_envs: int, seed: int) -> SteeredAgent:
-        return SteeredAgent(*self.frozen, self.steering, num_envs, seed=seed, generator_noise=self.hparams.generator_noise)
+        return SteeredAgent(*self.frozen, self.steering, num_envs, seed=seed,
+                            generator_noise=self.hparams.generator_noise)
 
     def rollout_policy(self, num_envs: int) -> SteeredRolloutPolicy:
         """Deterministic steered policy (actor mean) for ``num_envs`` envs, reproducible across calls."""
