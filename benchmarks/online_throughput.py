@@ -39,6 +39,7 @@ class LoopTimer(Callback):
         self.seconds = 0.0
         self.env_steps = 0
         self.phases: dict[str, float] = {}  # seconds per phase (the module's time/* split) over timed iterations
+        self.buffer_bytes = 0
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         self._start = (time.perf_counter(), module.env_steps, module.transitions, module.last_eval_at)
@@ -48,6 +49,7 @@ class LoopTimer(Callback):
         if start_transitions >= self.warmup_transitions and module.last_eval_at == start_eval:
             self.seconds += time.perf_counter() - start_time
             self.env_steps += module.env_steps - start_steps
+            self.buffer_bytes = module.buffer.bytes_per_transition if module.buffer is not None else 0
             for phase, seconds in module.last_timings.items():
                 self.phases[phase] = self.phases.get(phase, 0.0) + seconds
 
@@ -96,6 +98,9 @@ def main() -> None:
     print("|---|---:|---:|")
     print(f"| raw simulator, random actions | {raw:,.0f} | 1.00x |")
     print(f"| online loop (collect + SAC updates) | {loop:,.0f} | {loop / raw:.3f}x |")
+    buffer = timer.buffer_bytes
+    if buffer:
+        print(f"\nreplay buffer: {buffer} bytes per chunk transition ({buffer * 1e6 / 2**30:.2f} GiB per 1M transitions)")
     print("\n| phase of the timed iterations | seconds | share |")
     print("|---|---:|---:|")
     for phase, seconds in sorted(timer.phases.items(), key=lambda item: -item[1]):

@@ -434,3 +434,15 @@ def test_fit_checkpoints_and_resumes_exactly(policy_dir, tmp_path):
             for name, tensor in values.items():
                 assert torch.equal(after["state"][slot][name], tensor), (slot, name)
     assert resumed.env_steps >= 128 and resumed.num_updates > saved["updates"]
+
+
+def test_an_online_checkpoint_from_before_the_vectorised_sac_is_refused_clearly(policy_dir):
+    module = _module(policy_dir, total_env_steps=64)
+    old = {"zprl_online": {"policy_path": str(policy_dir), "collector": {}, "buffer": None}}  # no "format" entry
+    with pytest.raises(ValueError, match="before 2026-11-28.*without --ckpt_path"):
+        module.on_load_checkpoint(old)
+
+
+def test_replay_buffer_reports_its_memory_per_transition():
+    buffer = ReplayBuffer(10, obs_dim=39, action_dim=16)
+    assert buffer.bytes_per_transition == 4 * (2 * 39 + 16 + 3)

@@ -45,6 +45,11 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.size
 
+    @property
+    def bytes_per_transition(self) -> int:
+        """Memory of one stored chunk transition (obs and next obs, action, reward, terminal, discount)."""
+        return sum(store[0].numel() * store.element_size() for store in self.storage)
+
     def add(self, batch: Transitions) -> None:
         """Append a batch of transitions (any device; copied to the buffer's device)."""
         n = batch.obs.shape[0]
