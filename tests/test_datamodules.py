@@ -89,3 +89,10 @@ def test_bad_inputs_name_the_fix(tiny_lift_dataset, tmp_path):
     with pytest.raises(KeyError, match="Available"):
         LeRobotDataModule(repo_id="zprl/lift_tiny", root=str(tiny_lift_dataset / "lerobot"),
                           state_key="observation.joints", val_fraction=0.0).setup("fit")
+
+
+def test_robomimic_data_of_another_task_than_the_config_names_is_refused(tiny_lift_dataset):
+    data = RobomimicDataModule(hdf5_path=str(tiny_lift_dataset / "demo.hdf5"), task="can", n_obs_steps=1, horizon=8)
+    with pytest.raises(ValueError, match="--data.init_args.task=lift"):
+        data.setup("fit")
+    RobomimicDataModule(hdf5_path=str(tiny_lift_dataset / "demo.hdf5"), task="lift", n_obs_steps=1, horizon=8).setup()

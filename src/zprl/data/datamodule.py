@@ -61,6 +61,18 @@ class PolicyDataModule(L.LightningDataModule):
         self.val_set = self._build(val_eps) if val_eps else None
         self.spec = self.train_set.spec()
         self.stats = self.train_set.stats()
+        self._check_task()
+
+    def _check_task(self) -> None:
+        """Refuse data of another task than ``task`` (when both the config and the data name one)."""
+        from zprl.envs import get_task
+
+        configured = getattr(self, "task", None)
+        recorded = self.spec.task or (self.spec.env_meta or {}).get("env_name")
+        if configured and recorded and get_task(configured).name != get_task(recorded).name:
+            raise ValueError(f"data.init_args.task is {configured!r} but the data holds {get_task(recorded).name!r} "
+                             f"demos. Set --data.init_args.task={get_task(recorded).name} (or use that task's overlay, "
+                             "conf/tasks/<task>_pretrain.yaml) so run names and output folders name the right task.")
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
@@ -77,14 +89,17 @@ class RobomimicDataModule(PolicyDataModule):
     """robomimic HDF5 demos (``data/demo_i``) through robomimic's SequenceDataset.
 
     ``filter_key`` selects demos by the file's masks, several joined by ``+`` (``"expert+noisy"``);
-    obs keys are robomimic's (``robot0_eef_pos``, ``object``, ``agentview_image``...).
+    obs keys are robomimic's (``robot0_eef_pos``, ``object``, ``agentview_image``...). ``task``, when given,
+    must be the task of the file's ``env_args`` (configs name their run folders and MLflow runs after it, so a
+    Can file under a Lift config is an error, not a Can policy exported as Lift's).
     """
 
     def __init__(self, hdf5_path: str = "data/lift_mh/demo.hdf5",
                  state_keys: list[str] = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"),
                  env_state_keys: list[str] = ("object",), camera_keys: list[str] = (),
-                 filter_key: str | None = None, **kwargs):
+                 filter_key: str | None = None, task: str | None = None, **kwargs):
         super().__init__(**kwargs)
+        self.task = task
         self.hdf5_path = Path(hdf5_path)
         self.state_keys, self.env_state_keys, self.camera_keys = list(state_keys), list(env_state_keys), list(camera_keys)
         self.filter_key = filter_key
