@@ -1,11 +1,15 @@
 """Quality bar of offline pretraining: success of a VIB diffusion policy trained on mixed-quality demos.
 
-Pretrains with ``lightning fit -c conf/pretrain.yaml -c benchmarks/pretrain_quality.yaml`` on a
-generated dataset, then evaluates the exported policy on ``--episodes`` fresh seeds and prints the
-success rate as a ratio to the bar (0.60 on Lift). Other arguments go to LightningCLI. Example:
+Pretrains with ``lightning fit -c conf/pretrain.yaml -c benchmarks/pretrain_quality.yaml`` (then any
+``--config`` task overlays) on a generated dataset, then evaluates the exported policy on ``--episodes``
+fresh seeds and prints the success rate as a ratio to the bar (0.60 on Lift). Other arguments go to
+LightningCLI. Examples:
 
     OMP_NUM_THREADS=1 uv run python benchmarks/pretrain_quality.py --task lift --data data/lift_mh \
         --data.init_args.filter_key=expert+noisy --trainer.max_steps=8000
+    OMP_NUM_THREADS=1 uv run python benchmarks/pretrain_quality.py --task box_close --data data/box_close_mh \
+        --config conf/tasks/box_close_pretrain.yaml \
+        --model.init_args.policy_overrides='{down_dims: [64, 128, 256], flow_num_steps: 5}'
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="run folder (default outputs/bench/pretrain_<task>)")
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--num-envs", type=int, default=2)
+    parser.add_argument("--config", action="append", default=[],
+                        help="task overlay applied after the benchmark overlay (conf/tasks/<task>_pretrain.yaml); "
+                             "repeatable")
     parser.add_argument("--skip-training", action="store_true", help="evaluate an existing <out>/policy")
     args, lightning_overrides = parser.parse_known_args()  # anything else goes to LightningCLI
     out = Path(args.out or f"outputs/bench/pretrain_{args.task}")
@@ -42,6 +49,7 @@ def main() -> None:
     if not args.skip_training:
         command = [sys.executable, "-c", "from zprl.cli import lightning_main; lightning_main()",
                    "fit", "-c", "conf/pretrain.yaml", "-c", "benchmarks/pretrain_quality.yaml",
+                   *[arg for config in args.config for arg in ("-c", config)],
                    f"--data.init_args.hdf5_path={args.data}/demo.hdf5", f"--trainer.default_root_dir={out}",
                    f"--trainer.logger.init_args.run_name=bench_{args.task}", *lightning_overrides]
         subprocess.run(command, check=True)
