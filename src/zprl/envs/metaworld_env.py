@@ -41,7 +41,7 @@ def default_env_meta(task: str) -> dict:
     if spec.suite != "metaworld":
         raise ValueError(f"Task {task!r} is not a MetaWorld task.")
     return {"env_name": spec.sim_name, "env_version": version("metaworld"), "type": "metaworld",
-            "env_kwargs": {"goal_observable": True, "max_episode_steps": spec.max_episode_steps}}
+            "env_kwargs": {"goal_observable": True}}
 
 
 class MetaWorldEnv(gym.Env):
@@ -77,7 +77,8 @@ class MetaWorldEnv(gym.Env):
         self.task = get_task(env_meta["env_name"] if env_meta is not None else task)
         self.env_meta = env_meta if env_meta is not None else default_env_meta(self.task.name)
         self.sim_env = metaworld_env_class(self.task.sim_name)()
-        # Goal-observable single-task mode with placements drawn from the env's generator (see the docstring).
+        # MetaWorld's private switches, set here only: goal-observable single-task mode as its own
+        # `*-goal-observable` classes (metaworld/env_dict.py), placements drawn from the env's generator.
         self.sim_env._partially_observable = not self.env_meta["env_kwargs"].get("goal_observable", True)
         del self.sim_env.sawyer_observation_space  # cached property: recomputed for the observability above
         self.sim_env._set_task_called = True
