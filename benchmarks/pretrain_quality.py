@@ -1,14 +1,17 @@
 """Quality of offline pretraining: success of a VIB policy trained on mixed-quality demos.
 
-Pretrains with ``lightning fit -c conf/pretrain.yaml -c benchmarks/pretrain_quality.yaml`` on a
-generated dataset, then evaluates the exported policy on ``--episodes`` fresh seeds, once per
-``--conditioning``: "latent" (decode(mu), the policy ZPRL steers) and "raw" (the embedding e: with the
-decoupled VIB this is the same network without its bottleneck). It prints the success rates, the latent
-path's ratio to the 0.60 bar and its difference to the raw path (the VIB's cost in base success; the
-faithful-recipe target is >= -0.05). Other arguments go to LightningCLI. Example:
+Pretrains with ``lightning fit -c conf/pretrain.yaml -c benchmarks/pretrain_quality.yaml`` (then any
+``--config`` task overlays) on a generated dataset, then evaluates the exported policy on ``--episodes``
+fresh seeds, once per ``--conditioning``: "latent" (decode(mu), the policy ZPRL steers) and "raw" (the
+embedding e: with the decoupled VIB this is the same network without its bottleneck). It prints the success
+rates, the latent path's ratio to the 0.60 bar and its difference to the raw path (the VIB's cost in base
+success; the faithful-recipe target is >= -0.05). Other arguments go to LightningCLI. Examples:
 
     OMP_NUM_THREADS=1 uv run python benchmarks/pretrain_quality.py --task lift --data data/lift_mh \
         --data.init_args.filter_key=expert+noisy --trainer.max_steps=8000
+    OMP_NUM_THREADS=1 uv run python benchmarks/pretrain_quality.py --task box_close --data data/box_close_mh \
+        --config conf/tasks/box_close_pretrain.yaml \
+        --model.init_args.policy_overrides='{down_dims: [64, 128, 256], flow_num_steps: 5}'
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="run folder (default outputs/bench/pretrain_<task>)")
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--num-envs", type=int, default=2)
+    parser.add_argument("--config", action="append", default=[],
+                        help="task overlay applied after the benchmark overlay (conf/tasks/<task>_pretrain.yaml); "
+                             "repeatable")
     parser.add_argument("--skip-training", action="store_true", help="evaluate an existing <out>/policy")
     parser.add_argument("--conditioning", nargs="+", default=["latent", "raw"], choices=["latent", "raw"],
                         help="generator conditionings to evaluate (raw needs vib_training decoupled/posthoc)")
@@ -47,6 +53,7 @@ def main() -> None:
     if not args.skip_training:
         command = [sys.executable, "-c", "from zprl.cli import lightning_main; lightning_main()",
                    "fit", "-c", "conf/pretrain.yaml", "-c", "benchmarks/pretrain_quality.yaml",
+                   *[arg for config in args.config for arg in ("-c", config)],
                    f"--data.init_args.hdf5_path={args.data}/demo.hdf5", f"--trainer.default_root_dir={out}",
                    f"--trainer.logger.init_args.run_name=bench_{args.task}", *lightning_overrides]
         subprocess.run(command, check=True)

@@ -170,7 +170,7 @@ def test_hdf5_states_replay_observations(lift_dataset, hdf5_demos):
 
 
 def test_bad_task_and_demo_count_fail_fast(tmp_path):
-    with pytest.raises(ValueError, match=r"Choose one of \['can', 'lift', 'square'\]"):
+    with pytest.raises(ValueError, match=r"Choose one of \['box_close', 'can', 'lift', 'push_wall', 'square'\]"):
         generate_dataset("stack", 2, tmp_path / "a")
     with pytest.raises(ValueError, match="lerobot/pusht"):
         generate_dataset("pusht", 2, tmp_path / "a")

@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="demonstration data").add_subparsers(dest="data_command", required=True)
     gen = data.add_parser("generate", help="scripted mixed-quality demos -> robomimic HDF5 + LeRobot dataset")
-    gen.add_argument("--task", default="lift", help="lift | can | square | reach (a biased PointReach operator)")
+    gen.add_argument("--task", default="lift",
+                     help="lift | can | square | box_close | push_wall | reach (a biased PointReach operator)")
     gen.add_argument("--demos", type=int_at_least(1), default=100)
     gen.add_argument("--out", default="data/lift_mh")
     gen.add_argument("--seed", type=int_at_least(0), default=0)

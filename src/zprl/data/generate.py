@@ -13,15 +13,16 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
-from zprl.data.experts import EXPERTS, QUALITY_TIERS, TIER_IDS, Operator, make_operator
+from zprl.data.experts import QUALITY_TIERS, TIER_IDS, Operator, make_operator
 from zprl.data.lerobot_writer import LeRobotWriter, lerobot_features
 from zprl.data.robomimic_writer import HDF5_NAME, RobomimicHDF5Writer
 from zprl.envs import make_env
@@ -60,6 +61,25 @@ class Episode:
         return bool(len(self) and self.successes[-1])
 
 
+@dataclass(frozen=True)
+class DemoSource:
+    """How :func:`generate_dataset` makes one task's demos (one registered per task in :data:`DEMO_SOURCES`).
+
+    Args:
+        make_operator: ``(unwrapped env, tier) -> operator``, an operator having ``tier``, ``reset(seed)``, ``act()``.
+        rollout: ``(time-limited env, operator, seed) -> Episode``, one attempt from ``env.reset(seed=seed)``.
+        env_meta: ``unwrapped env -> dict`` stored as the HDF5's ``env_args``; ``make_env(env_meta=...)`` rebuilds it.
+        description: the LeRobot task string.
+        fps: control frequency, stored in the LeRobot dataset.
+    """
+
+    make_operator: Callable[[gym.Env, str], Any]
+    rollout: Callable[[gym.Env, Any, int], Episode]
+    env_meta: Callable[[gym.Env], dict]
+    description: str
+    fps: int
+
+
 def rollout(env: gym.Env, operator: Operator, seed: int) -> Episode:
     """Run ``operator`` in the time-limited robomimic ``env`` from ``reset(seed=seed)`` until it ends."""
     obs, _ = env.reset(seed=seed)
@@ -88,6 +108,18 @@ def rollout(env: gym.Env, operator: Operator, seed: int) -> Episode:
         dones.append(done)
     return Episode(operator.tier, seed, model_file, raw_obs, env_obs, np.asarray(states), np.asarray(actions),
                    np.asarray(rewards, dtype=float), np.asarray(successes, dtype=bool), np.asarray(dones, dtype=bool))
+
+
+DEMO_SOURCES: dict[str, DemoSource] = {
+    task: DemoSource(make_operator=lambda env, tier, task=task: make_operator(env, task, tier), rollout=rollout,
+                     env_meta=lambda env: env.robomimic_env.serialize(), description=description, fps=FPS)
+    for task, description in TASK_DESCRIPTIONS.items()
+}
+
+
+def register_demo_source(task: str, source: DemoSource) -> None:
+    """Make ``task`` available to :func:`generate_dataset` (and ``zprl data generate --task``)."""
+    DEMO_SOURCES[task] = source
 
 
 def tier_counts(num_demos: int, tier_fractions: Sequence[float]) -> dict[str, int]:
@@ -207,13 +239,14 @@ def staged_output(out: Path, overwrite: bool, owned: frozenset[str] = OUTPUT_NAM
 
 def collect_tier(env: gym.Env, task: str, tier: str, count: int, seed: int, writers: Sequence, bar: tqdm) -> dict:
     """Roll out the ``tier`` operator until ``count`` successful demos are written; returns the tier's stats."""
-    operator = make_operator(env.unwrapped, task, tier)
+    source = DEMO_SOURCES[task]
+    operator = source.make_operator(env.unwrapped, tier)
     attempts, lengths = 0, []
     while len(lengths) < count:
         if attempts >= MAX_ATTEMPTS_PER_DEMO * count:
             raise RuntimeError(f"The {tier!r} operator succeeded {len(lengths)} times in {attempts} attempts on "
                                f"{task!r}; lower its share in tier_fractions.")
-        episode = rollout(env, operator, attempt_seed(seed, tier, attempts))
+        episode = source.rollout(env, operator, attempt_seed(seed, tier, attempts))
         attempts += 1
         if episode.success:
             for writer in writers:
@@ -237,8 +270,8 @@ def generate_dataset(task: str, num_demos: int, out: str | Path, seed: int = 0,
     never leaves a partial dataset at ``out``, and a rerun starts cleanly. ``overwrite`` replaces a dataset
     this function wrote, never a folder holding other files.
     """
-    if task not in EXPERTS:
-        raise ValueError(f"No scripted expert for task {task!r}. Choose one of {sorted(EXPERTS)}"
+    if task not in DEMO_SOURCES:
+        raise ValueError(f"No scripted expert for task {task!r}. Choose one of {sorted(DEMO_SOURCES)}"
                          + (" (for PushT use the LeRobot hub dataset repo_id='lerobot/pusht')." if task == "pusht"
                             else "."))
     if num_demos < 1:
@@ -257,14 +290,15 @@ def _write_dataset(task: str, num_demos: int, counts: dict[str, int], out: Path,
                    progress: bool) -> dict:
     """Collect and write the dataset into ``staging``; the report names the final paths under ``out``."""
     start = time.time()
+    source = DEMO_SOURCES[task]
     env = make_env(task, camera_names=tuple(camera_names), camera_size=camera_size)
     repo_id = f"zprl/{out.resolve().name}"
-    hdf5 = RobomimicHDF5Writer(staging / HDF5_NAME, env.unwrapped.robomimic_env.serialize())
+    hdf5 = RobomimicHDF5Writer(staging / HDF5_NAME, source.env_meta(env.unwrapped))
     lerobot = None
     try:
-        lerobot = LeRobotWriter(staging / LEROBOT_DIR, repo_id, FPS,
+        lerobot = LeRobotWriter(staging / LEROBOT_DIR, repo_id, source.fps,
                                 lerobot_features(env.observation_space, env.action_space.shape[0]),
-                                TASK_DESCRIPTIONS[task])
+                                source.description)
         with tqdm(total=num_demos, desc=f"{task} demos", disable=not progress) as bar:
             tiers = {tier: collect_tier(env, task, tier, count, seed, (hdf5, lerobot), bar)
                      for tier, count in counts.items()}
@@ -281,8 +315,12 @@ def _write_dataset(task: str, num_demos: int, counts: dict[str, int], out: Path,
         "task": task, "num_demos": num_demos, "seed": seed, "tier_fractions": list(tier_fractions),
         "camera_names": list(camera_names), "camera_size": camera_size, "tiers": tiers,
         "total_samples": hdf5.total, "filter_keys": {key: len(names) for key, names in masks.items()},
-        "hdf5": str(out / HDF5_NAME), "lerobot_root": str(out / LEROBOT_DIR), "repo_id": repo_id, "fps": FPS,
+        "hdf5": str(out / HDF5_NAME), "lerobot_root": str(out / LEROBOT_DIR), "repo_id": repo_id, "fps": source.fps,
         "seconds": round(time.time() - start, 1),
     }
     (staging / REPORT_NAME).write_text(json.dumps(report, indent=2))
     return report
+
+
+# Demo sources of other simulators register themselves on import (as robomimic's algorithm factories do).
+import zprl.data.metaworld_experts  # noqa: F401

@@ -17,7 +17,7 @@ from robomimic.utils.dataset import SequenceDataset
 
 from zprl.data.robomimic_writer import GENERATE_HINT, validate_robomimic_hdf5
 from zprl.data.schema import ACTION, ENV_STATE, IMAGE_PREFIX, STATE, DatasetSpec, array_stats, image_stats
-from zprl.envs.tasks import ROBOSUITE_NAME_TO_TASK
+from zprl.envs.tasks import SIM_NAME_TO_TASK
 from zprl.logging_setup import quiet_stdout
 
 IMAGE_SUFFIX = "_image"
@@ -133,7 +133,7 @@ class RobomimicPolicyDataset(Dataset):
         return DatasetSpec(
             state_dim=first[STATE].shape[-1], env_state_dim=first[ENV_STATE].shape[-1],
             action_dim=first[ACTION].shape[-1], camera_names=cams, image_shape=image_shape, fps=20,
-            task=ROBOSUITE_NAME_TO_TASK.get(self.env_meta["env_name"]), env_meta=self.env_meta,
+            task=SIM_NAME_TO_TASK.get(self.env_meta["env_name"]), env_meta=self.env_meta,
             num_episodes=len(self.demos), num_frames=len(self))
 
     def stats(self, max_image_frames: int = 2000) -> dict[str, dict[str, np.ndarray]]:

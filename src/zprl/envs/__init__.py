@@ -11,21 +11,28 @@ from zprl.envs.tasks import TASKS, TaskSpec, get_task
 
 def make_env(task: str = "lift", env_meta: dict | None = None, camera_names=(), camera_size: int = 84,
              render_mode: str | None = None, max_episode_steps: int | None = None) -> gym.Env:
-    """Build one environment for ``task`` (or from a robomimic dataset's ``env_meta``), time-limited."""
+    """Build one environment for ``task`` (or from a dataset's robomimic ``env_meta``), time-limited."""
     spec = get_task(env_meta["env_name"] if env_meta is not None else task)
     if spec.suite == "robomimic":
         from zprl.envs.robomimic_env import RobomimicEnv
 
         env = RobomimicEnv(spec.name, env_meta=env_meta, camera_names=tuple(camera_names),
                            camera_size=camera_size, render_mode=render_mode)
+    elif spec.suite == "metaworld":
+        from zprl.envs.metaworld_env import MetaWorldEnv
+
+        env = MetaWorldEnv(spec.name, env_meta=env_meta, camera_names=tuple(camera_names),
+                           camera_size=camera_size, render_mode=render_mode)
     elif spec.suite == "pusht":
         from zprl.envs.pusht_env import PushTEnv
 
         env = PushTEnv(render_mode=render_mode, camera_names=camera_names)
-    else:
+    elif spec.suite == "reach":
         from zprl.envs.reach import PointReachEnv
 
         env = PointReachEnv(render_mode=render_mode, camera_names=camera_names)
+    else:
+        raise ValueError(f"Task {spec.name!r} has suite {spec.suite!r}, which make_env cannot build; add a branch.")
     return gym.wrappers.TimeLimit(env, max_episode_steps or spec.max_episode_steps)
 
 

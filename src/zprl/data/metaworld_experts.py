@@ -1,0 +1,131 @@
+"""Simulated operators on MetaWorld's scripted policies, and the demo sources of ``box_close`` / ``push_wall``.
+
+MetaWorld ships a scripted expert per task (``metaworld.policies``), a state machine over the flat 39-d
+observation. A :class:`MetaWorldOperator` plays it at one quality tier, as the robomimic operators of
+:mod:`zprl.data.experts` do: ``expert`` is clean, ``noisy`` adds Gaussian noise on the hand displacement
+and short hesitations, ``poor`` adds larger noise, a constant per-episode offset on the displacement and
+longer hesitations. Mixed together (only successful attempts are kept) they give "medium-expert" data.
+
+Replay: each demo's ``states`` in the robomimic HDF5 are :meth:`MetaWorldEnv.get_sim_state` (qpos, qvel,
+mocap position and quaternion) before every step. The object and goal placement are model fields set at
+reset, not part of that state: ``env.reset(seed=demo.attrs["seed"])`` restores them, then
+``env.reset_to(states[t])`` reproduces observation ``t``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+from zprl.data.generate import DemoSource, Episode, register_demo_source
+from zprl.envs.metaworld_env import MetaWorldEnv
+
+FPS = 80  # MetaWorld steps the simulation 5 x 2.5 ms per action
+SCRIPTED_POLICIES = {"box_close": "SawyerBoxCloseV3Policy", "push_wall": "SawyerPushWallV3Policy"}
+DESCRIPTIONS = {"box_close": "Grasp the lid and close the box with it.",
+                "push_wall": "Push the puck around the wall to the goal."}
+DISPLACEMENT = slice(0, 3)  # action dims of the hand displacement; dim 3 is the gripper effort
+
+
+@dataclass(frozen=True)
+class MetaWorldProfile:
+    """How one quality tier of simulated operator deviates from MetaWorld's scripted policy."""
+
+    action_noise: float = 0.0  # std of Gaussian noise on the hand displacement
+    hesitation_prob: float = 0.0  # per-step chance of starting a pause (hand still, gripper held)
+    hesitation_steps: tuple[int, int] = (0, 0)  # inclusive range of pause lengths
+    offset: float = 0.0  # std of a constant per-episode offset on the hand displacement
+
+
+# One profile per name in zprl.data.schema.QUALITY_TIERS.
+METAWORLD_OPERATOR_PROFILES: dict[str, MetaWorldProfile] = {
+    "expert": MetaWorldProfile(),
+    "noisy": MetaWorldProfile(action_noise=0.3, hesitation_prob=0.03, hesitation_steps=(3, 8)),
+    "poor": MetaWorldProfile(action_noise=0.5, hesitation_prob=0.03, hesitation_steps=(8, 20), offset=0.15),
+}
+
+
+def scripted_policy(task: str):
+    """MetaWorld's scripted expert for ``task``."""
+    from metaworld import policies
+
+    return getattr(policies, SCRIPTED_POLICIES[task])()
+
+
+class MetaWorldOperator:
+    """A MetaWorld scripted policy played at one quality tier, deterministic per seed.
+
+    Reads the env's latest flat observation (``env.last_raw_obs``), as a teleoperator watches the scene.
+    """
+
+    def __init__(self, env: MetaWorldEnv, task: str, tier: str):
+        if tier not in METAWORLD_OPERATOR_PROFILES:
+            raise ValueError(f"Unknown quality tier {tier!r}. Choose one of {list(METAWORLD_OPERATOR_PROFILES)}.")
+        self.env = env
+        self.tier = tier
+        self.profile = METAWORLD_OPERATOR_PROFILES[tier]
+        self.policy = scripted_policy(task)
+        self.reset(0)
+
+    def reset(self, seed: int) -> None:
+        """Start a new episode (after ``env.reset``) with its own random stream."""
+        self.rng = np.random.default_rng(seed)
+        self._offset = self.rng.normal(0.0, self.profile.offset, 3)
+        self._pause_left = 0
+        self._gripper = -1.0
+
+    def act(self) -> np.ndarray:
+        """The next action in [-1, 1]^4."""
+        p = self.profile
+        if self._pause_left == 0 and self.rng.random() < p.hesitation_prob:
+            self._pause_left = int(self.rng.integers(p.hesitation_steps[0], p.hesitation_steps[1] + 1))
+        if self._pause_left > 0:
+            self._pause_left -= 1
+            action = np.array([0.0, 0.0, 0.0, self._gripper])
+        else:
+            with warnings.catch_warnings():  # the scripted gains overshoot [-1, 1] by design; the env clips
+                warnings.simplefilter("ignore", UserWarning)
+                action = np.asarray(self.policy.get_action(self.env.last_raw_obs), dtype=np.float64)
+            self._gripper = action[3]
+        action[DISPLACEMENT] += self._offset + self.rng.normal(0.0, p.action_noise, 3)
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+
+def rollout(env: gym.Env, operator: MetaWorldOperator, seed: int) -> Episode:
+    """Run ``operator`` in the time-limited MetaWorld ``env`` from ``reset(seed=seed)`` until it ends."""
+    obs, _ = env.reset(seed=seed)
+    operator.reset(seed)
+    base: MetaWorldEnv = env.unwrapped
+    env_obs = [obs]
+    states, actions, rewards, successes, dones = [], [], [], [], []
+    done = False
+    while not done:
+        states.append(base.get_sim_state())
+        action = operator.act()
+        obs, reward, terminated, truncated, info = env.step(action)
+        done = terminated or truncated
+        env_obs.append(obs)
+        actions.append(action)
+        rewards.append(reward)
+        successes.append(info["is_success"])
+        dones.append(done)
+    raw_obs = [robomimic_obs(frame, base.camera_names) for frame in env_obs]
+    return Episode(operator.tier, seed, base.sim_env.model_name, raw_obs, env_obs, np.asarray(states),
+                   np.asarray(actions), np.asarray(rewards, dtype=float), np.asarray(successes, dtype=bool),
+                   np.asarray(dones, dtype=bool))
+
+
+def robomimic_obs(obs: dict[str, np.ndarray], camera_names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """robomimic HDF5 observation keys: ``agent_pos`` (robot), ``object`` (objects and goal), ``<cam>_image``."""
+    raw = {"agent_pos": obs["observation.state"], "object": obs["observation.environment_state"]}
+    raw.update({f"{cam}_image": obs[f"observation.images.{cam}"] for cam in camera_names})
+    return raw
+
+
+for name, description in DESCRIPTIONS.items():
+    register_demo_source(name, DemoSource(
+        make_operator=lambda env, tier, task=name: MetaWorldOperator(env, task, tier), rollout=rollout,
+        env_meta=lambda env: env.env_meta, description=description, fps=FPS))
