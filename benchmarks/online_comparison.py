@@ -4,7 +4,7 @@ Runs ``zprl compare`` (every run a child of one MLflow parent run, equal env-ste
 prints the summary table plus each method's final success as a ratio to the frozen base policy's and to
 the action-residual baseline's (the reference). Anything after ``--`` goes to every run's LightningCLI.
 
-    uv run python benchmarks/online_comparison.py --base conf/zprl_online.yaml conf/online_reach.yaml --task reach
+    uv run python benchmarks/online_comparison.py --base conf/zprl_online.yaml conf/tasks/reach_online.yaml --task reach
     uv run python benchmarks/online_comparison.py --task lift -- \\
         --model.init_args.policy_path=outputs/bench/pretrain_lift/policy --model.init_args.total_env_steps=20000
 """

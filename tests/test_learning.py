@@ -1,6 +1,6 @@
 """Seeded learning test: ZPRL's latent residual corrects a base policy that imitated a biased operator.
 
-Runs what a user runs (``lightning fit -c conf/zprl_online.yaml -c conf/online_reach.yaml -c
+Runs what a user runs (``lightning fit -c conf/zprl_online.yaml -c conf/tasks/reach_online.yaml -c
 conf/methods/zprl.yaml``) on the biased PointReach policy and reads the evaluations back from MLflow.
 """
 
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_zprl_raises_the_success_of_a_biased_base_policy(tiny_reach_policy, tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    lightning_main(["fit", "-c", str(ROOT / "conf/zprl_online.yaml"), "-c", str(ROOT / "conf/online_reach.yaml"),
+    lightning_main(["fit", "-c", str(ROOT / "conf/zprl_online.yaml"), "-c", str(ROOT / "conf/tasks/reach_online.yaml"),
                     "-c", str(ROOT / "conf/methods/zprl.yaml"), f"--model.init_args.policy_path={tiny_reach_policy}",
                     "--model.init_args.total_env_steps=3000", "--model.init_args.eval_every_env_steps=1000",
                     f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"])

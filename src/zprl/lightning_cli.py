@@ -141,7 +141,7 @@ def fit_summary(trainer: pl.Trainer, model: pl.LightningModule, datamodule: pl.L
         policy = Path(model.hparams.export_dir or root / "policy")  # where PretrainModule.on_train_end exports
         task = _data_task(datamodule) or "<task>"
         lines += [f"Pretraining finished: {root}", f"  policy (LeRobot format): {policy}"]
-        overlay = Path(f"conf/online_{task}.yaml")  # a task overlay for the online config, where there is one
+        overlay = Path(f"conf/tasks/{task}_online.yaml")  # the task overlay of the online config, where there is one
         configs = "-c conf/zprl_online.yaml" + (f" -c {overlay}" if overlay.exists() else "")
         online_command = f"uv run lightning fit {configs} --model.init_args.policy_path={policy} --model.init_args.task={task}"
         next_commands = [f"uv run zprl evaluate --policy {policy} --task {task} --episodes 50", online_command]
