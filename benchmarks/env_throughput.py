@@ -115,7 +115,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="AsyncVectorEnv sizes")
     parser.add_argument("--repeats", type=int, default=1, help="runs per configuration; the fastest is reported")
     parser.add_argument("--clock", choices=["wall", "process"], default="wall",
-                        help="process: CPU time of this process, steadier on a busy machine (no subprocess vector envs)")
+                        help="process: CPU time of this process, steadier on a busy machine "
+                             "(no subprocess vector envs)")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)

@@ -37,7 +37,7 @@ def main() -> None:
     table = run_comparison(args.methods, base=args.base, seeds=args.seeds, task=args.task,
                            experiment=args.experiment, overrides=argv[split + 1:], output_dir=args.output_dir,
                            jobs=args.jobs)
-    final = dict(zip(table["method"], table["final_success_mean"]))
+    final = dict(zip(table["method"], table["final_success_mean"], strict=False))
     print()
     for reference in REFERENCES:
         if reference not in final:

@@ -100,7 +100,8 @@ def main() -> None:
     print(f"| online loop (collect + SAC updates) | {loop:,.0f} | {loop / raw:.3f}x |")
     buffer = timer.buffer_bytes
     if buffer:
-        print(f"\nreplay buffer: {buffer} bytes per chunk transition ({buffer * 1e6 / 2**30:.2f} GiB per 1M transitions)")
+        gib = buffer * 1e6 / 2**30
+        print(f"\nreplay buffer: {buffer} bytes per chunk transition ({gib:.2f} GiB per 1M transitions)")
     print("\n| phase of the timed iterations | seconds | share |")
     print("|---|---:|---:|")
     for phase, seconds in sorted(timer.phases.items(), key=lambda item: -item[1]):

@@ -78,7 +78,8 @@ def test_hdf5_is_a_robomimic_dataset(lift_dataset, hdf5_demos):
     assert len(masks["valid"]) == 1
     assert masks["expert"] == ["demo_0", "demo_1"] and masks["noisy"] == ["demo_2"] and masks["poor"] == ["demo_3"]
     with h5py.File(out / "demo.hdf5", "r") as f:
-        assert f["data"].attrs["total"] == report["total_samples"] == sum(len(d["actions"]) for d in hdf5_demos.values())
+        total = sum(len(d["actions"]) for d in hdf5_demos.values())
+        assert f["data"].attrs["total"] == report["total_samples"] == total
         for name, demo in hdf5_demos.items():
             assert f[f"data/{name}"].attrs["num_samples"] == len(demo["actions"])
             assert demo["dones"][-1] == 1 and demo["rewards"][-1] == 1.0 and demo["rewards"][:-1].sum() == 0
@@ -110,7 +111,8 @@ def test_robomimic_sequence_dataset_reads_what_was_written(lift_dataset, hdf5_de
 
     out, _ = lift_dataset
     ObsUtils.initialize_obs_utils_with_obs_specs({"obs": {"low_dim": LOW_DIM_KEYS, "rgb": []}})
-    dataset = SequenceDataset(str(out / "demo.hdf5"), obs_keys=LOW_DIM_KEYS, dataset_keys=("actions", "rewards", "dones"),
+    dataset = SequenceDataset(str(out / "demo.hdf5"), obs_keys=LOW_DIM_KEYS,
+                              dataset_keys=("actions", "rewards", "dones"),
                               seq_length=SEQ_LENGTH, pad_seq_length=True, hdf5_cache_mode="all",
                               filter_by_attribute=None)
     assert len(dataset) == sum(len(d["actions"]) for d in hdf5_demos.values())

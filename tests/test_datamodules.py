@@ -45,8 +45,8 @@ def test_same_episodes_give_equal_batches(tiny_lift_dataset):
 
 
 def test_lerobot_memory_cache_serves_identical_samples(tiny_lift_dataset):
-    kwargs = dict(repo_id="zprl/lift_tiny", root=str(tiny_lift_dataset / "lerobot"), n_obs_steps=N_OBS,
-                  horizon=HORIZON, val_fraction=0.0)
+    kwargs = {"repo_id": "zprl/lift_tiny", "root": str(tiny_lift_dataset / "lerobot"), "n_obs_steps": N_OBS,
+                  "horizon": HORIZON, "val_fraction": 0.0}
     plain, cached = LeRobotDataModule(**kwargs), LeRobotDataModule(cache_in_memory=True, **kwargs)
     plain.setup("fit")
     cached.setup("fit")

@@ -162,7 +162,7 @@ def test_evaluator_on_pusht_is_reproducible():
     assert first.num_episodes == 3 and first.lengths == [20, 20, 20]
     assert first.returns == second.returns and first.successes == second.successes
     assert len(policy_a.first_obs) == 2  # rounds of 2 and 1 episodes
-    for a, b in zip(policy_a.first_obs, policy_b.first_obs):
+    for a, b in zip(policy_a.first_obs, policy_b.first_obs, strict=False):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(policy_a.first_obs[0][0], policy_a.first_obs[0][1])  # seeds 5 and 6 differ
     assert first.episode_action_delta == [0.0, 0.0, 0.0]  # a constant action
@@ -243,6 +243,6 @@ def test_callback_rolls_out_the_ema_weights_and_restores_the_trained_ones(tmp_pa
     assert len(module.rollout_weights) == 3
     assert not torch.equal(before.averaged[-1], before.current[-1])  # the EMA lags the SGD updates
     for rolled_out, averaged, trained, restored in zip(module.rollout_weights, before.averaged, before.current,
-                                                       after.current):
+                                                       after.current, strict=False):
         assert torch.equal(rolled_out, averaged)
         assert torch.equal(restored, trained)

@@ -62,7 +62,8 @@ def test_lerobot_discovers_the_plugin_distribution():
     assert out.split() == ["zprl.policy.modeling_zprl"]
     lerobot_eval = shutil.which("lerobot-eval", path=str(Path(sys.executable).parent)) or shutil.which("lerobot-eval")
     assert lerobot_eval is not None
-    help_text = subprocess.run([lerobot_eval, "--help"], check=False, capture_output=True, text=True, timeout=300).stdout
+    help_text = subprocess.run([lerobot_eval, "--help"], check=False, capture_output=True, text=True,
+                               timeout=300).stdout
     choices = next(line for line in help_text.splitlines() if "--policy.type {" in line)
     assert "zprl" in choices.split("{")[1].split("}")[0].split(",")
 
@@ -174,7 +175,7 @@ def test_robomimic_scripts_run_with_the_mujoco_py_stand_in(tiny_lift_dataset):
     assert "No private macro file" not in result.stdout + result.stderr  # quiet by default
 
 
-# ---------------------------------------------------------------- quiet by default, --verbose / ZPRL_LOG_LEVEL shows all
+# -------------------------------------------------------- quiet by default, --verbose / ZPRL_LOG_LEVEL shows all
 QUIET_CHECK = (
     "from zprl.logging_setup import configure_logging\n"
     "configure_logging()\n"

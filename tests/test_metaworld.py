@@ -1,4 +1,4 @@
-"""MetaWorld box_close / push_wall: env API, seeding, crashes, demo generation in both formats, tiny pretrain + online."""
+"""MetaWorld box_close / push_wall: env API, seeding, crashes, demos in both formats, tiny pretrain + online."""
 
 from __future__ import annotations
 
@@ -204,7 +204,8 @@ def test_tiny_pretrain_and_online_runs_on_box_close(box_close_data, tmp_path):
         data:
           init_args: {{hdf5_path: {out / 'demo.hdf5'}, batch_size: 8, num_workers: 0}}
         """))
-    lightning_main(["fit", "-c", str(ROOT / "conf/pretrain.yaml"), "-c", str(ROOT / "conf/tasks/box_close_pretrain.yaml"),
+    lightning_main(["fit", "-c", str(ROOT / "conf/pretrain.yaml"),
+                    "-c", str(ROOT / "conf/tasks/box_close_pretrain.yaml"),
                     "-c", str(overlay)])
     config = json.loads((tmp_path / "policy" / "config.json").read_text())
     assert (config["head"], config["horizon"], config["n_obs_steps"], config["n_action_steps"]) == ("flow", 8, 1, 2)
@@ -212,7 +213,8 @@ def test_tiny_pretrain_and_online_runs_on_box_close(box_close_data, tmp_path):
 
     lightning_main([
         "fit", "-c", str(ROOT / "conf/zprl_online.yaml"), "-c", str(ROOT / "conf/tasks/box_close_online.yaml"),
-        "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.init_args.save_dir={tmp_path / 'online'}",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'online'}",
         f"--trainer.default_root_dir={tmp_path / 'online'}", "--trainer.enable_progress_bar=false",
         f"--model.init_args.policy_path={tmp_path / 'policy'}", "--model.init_args.num_envs=2",
         "--model.init_args.asynchronous=false", "--model.init_args.max_episode_steps=20",

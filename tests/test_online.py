@@ -194,7 +194,7 @@ def test_replay_buffer_wraps_and_round_trips():
     clone = ReplayBuffer(5, 3, 2)
     clone.load_state_dict(buffer.state_dict())
     assert (clone.pos, len(clone)) == (buffer.pos, len(buffer))
-    for a, b in zip(clone.storage, buffer.storage):
+    for a, b in zip(clone.storage, buffer.storage, strict=False):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="same buffer_capacity"):
         ReplayBuffer(6, 3, 2).load_state_dict(buffer.state_dict())
@@ -213,7 +213,8 @@ def test_sac_update_is_finite_and_detects_divergence():
     metrics = {k: float(v) for k, v in sac.update(batch, optimizers).items()}
     assert set(metrics) >= {"critic_loss", "actor_loss", "alpha", "q_mean", "entropy"}
     assert all(math.isfinite(v) for v in metrics.values())
-    assert any(not torch.equal(a, b) for a, b in zip(before, sac.critic_target.parameters()))  # Polyak moved
+    moved = zip(before, sac.critic_target.parameters(), strict=True)
+    assert any(not torch.equal(a, b) for a, b in moved)  # Polyak moved
     nan_metrics = sac.update(batch._replace(reward=torch.full((16,), float("nan"))), optimizers)
     with pytest.raises(CriticDivergenceError, match="utd_ratio"):
         sac.check_divergence({k: float(v) for k, v in nan_metrics.items()})
@@ -229,7 +230,8 @@ def test_actor_and_targets_update_at_their_frequencies():
     torch.manual_seed(0)
     sac = SAC(6, 3, SACConfig(hidden_dims=(16,), batch_size=8))  # policy_freq = target_freq = 2
     optimizers = sac.configure_optimizers()
-    batch = Transitions(obs=torch.randn(8, 6), action=torch.rand(8, 3), reward=torch.ones(8), next_obs=torch.randn(8, 6),
+    batch = Transitions(obs=torch.randn(8, 6), action=torch.rand(8, 3), reward=torch.ones(8),
+                        next_obs=torch.randn(8, 6),
                         terminal=torch.zeros(8), discount=torch.ones(8))
     actor, target = copy.deepcopy(sac.actor.state_dict()), copy.deepcopy(sac.critic_target.state_dict())
     assert "actor_loss" not in sac.update(batch, optimizers)
@@ -254,7 +256,7 @@ def test_vectorised_critic_ensemble_equals_per_critic_mlps():
     linears = [*ensemble.hidden, ensemble.out]
     with torch.no_grad():
         for i, critic in enumerate(mlps):
-            for layer, linear in zip(linears, [m for m in critic if isinstance(m, torch.nn.Linear)]):
+            for layer, linear in zip(linears, [m for m in critic if isinstance(m, torch.nn.Linear)], strict=False):
                 linear.weight.copy_(layer.weight[i].T)
                 linear.bias.copy_(layer.bias[i, 0])
     obs, action = torch.randn(16, 6), torch.randn(16, 3)
@@ -264,7 +266,7 @@ def test_vectorised_critic_ensemble_equals_per_critic_mlps():
     q.sum().backward()
     reference.sum().backward()
     for i, critic in enumerate(mlps):
-        for layer, linear in zip(linears, [m for m in critic if isinstance(m, torch.nn.Linear)]):
+        for layer, linear in zip(linears, [m for m in critic if isinstance(m, torch.nn.Linear)], strict=False):
             torch.testing.assert_close(layer.weight.grad[i].T, linear.weight.grad)
             torch.testing.assert_close(layer.bias.grad[i, 0], linear.bias.grad)
 
@@ -340,7 +342,7 @@ def test_collector_macro_transitions_account_for_every_env_step(frozen, bootstra
     assert {"rollout/z_rms", "rollout/mu_rms", "rollout/step_rms", "rollout/step_to_z_ratio"} <= set(stats.as_metrics())
     # Same seed, same transitions: runs are reproducible on CPU.
     _, again, _ = _collect(frozen, envs, steps=100, bootstrap_on_truncation=bootstrap_on_truncation)
-    for a, b in zip(batch, again):
+    for a, b in zip(batch, again, strict=False):
         assert torch.equal(a, b)
     envs.close()
 
@@ -429,7 +431,7 @@ def test_fit_checkpoints_and_resumes_exactly(policy_dir, tmp_path):
         (saved["env_steps"], saved["buffer"], saved["updates"])
     for key, value in saved["actor"].items():
         assert torch.equal(restored["actor"][key], value), key
-    for before, after in zip(saved["optim"], restored["optim"]):
+    for before, after in zip(saved["optim"], restored["optim"], strict=False):
         for slot, values in before["state"].items():
             for name, tensor in values.items():
                 assert torch.equal(after["state"][slot][name], tensor), (slot, name)

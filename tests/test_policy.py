@@ -18,7 +18,8 @@ from zprl.policy import (
 )
 
 STATE, ENV, ACT = 9, 10, 7
-TINY = dict(down_dims=(16, 32), horizon=8, n_obs_steps=2, n_action_steps=4, vib_hidden_dim=32, device="cpu")
+TINY = {"down_dims": (16, 32), "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4, "vib_hidden_dim": 32,
+        "device": "cpu"}
 B = 6
 
 

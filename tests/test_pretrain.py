@@ -31,8 +31,8 @@ def lift_data(root, **kwargs) -> RobomimicDataModule:
 
 
 def trainer(tmp_path, **kwargs) -> L.Trainer:
-    defaults = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                    default_root_dir=str(tmp_path), enable_checkpointing=False)
+    defaults = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
+                    "default_root_dir": str(tmp_path), "enable_checkpointing": False}
     return L.Trainer(**{**defaults, **kwargs})
 
 
@@ -157,7 +157,8 @@ def test_cli_smoke_run_records_an_mlflow_run(tiny_lift_dataset, tmp_path):
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
-    assert {"train/loss", "train/imitation_loss", "train/kl_loss", "val/loss", "eval/success_rate"} <= set(run.data.metrics)
+    expected = {"train/loss", "train/imitation_loss", "train/kl_loss", "val/loss", "eval/success_rate"}
+    assert expected <= set(run.data.metrics)
     assert run.data.params["model.init_args.head"] == "flow"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"config.yaml", "policy"} <= artifacts
@@ -189,7 +190,8 @@ def test_posthoc_vib_on_a_stock_lerobot_diffusion_policy(tiny_lift_dataset, tmp_
     stock = DiffusionPolicy(config)
     pre, post = make_diffusion_pre_post_processors(config, dataset_stats=data.stats)
     optimizer = torch.optim.Adam(stock.parameters(), lr=1e-3)
-    for batch, _ in zip(torch.utils.data.DataLoader(data.train_set, batch_size=16, shuffle=True), range(3)):
+    loader = torch.utils.data.DataLoader(data.train_set, batch_size=16, shuffle=True)
+    for batch, _ in zip(loader, range(3), strict=False):
         loss, _ = stock.forward(pre(batch))
         optimizer.zero_grad()
         loss.backward()

@@ -12,7 +12,7 @@ from zprl.logging_setup import configure_logging
 
 
 def lightning_main(args: list[str] | None = None) -> None:
-    """``lightning fit -c conf/pretrain.yaml`` / ``lightning fit -c conf/zprl_online.yaml`` (``--verbose``: all logs)."""
+    """``lightning fit -c conf/pretrain.yaml`` / ``-c conf/zprl_online.yaml`` (``--verbose``: all logs)."""
     argv = sys.argv[1:] if args is None else args
     configure_logging(verbose="--verbose" in argv)
     from zprl.lightning_cli import run_lightning_cli  # imports Lightning after the log filters are in place
@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="methods x seeds online RL comparison tracked in MLflow",
                          epilog="LightningCLI overrides for every run go after `--`, e.g. "
                                 "`zprl compare conf/methods/*.yaml -- --model.init_args.total_env_steps=20000`.")
-    cmp.add_argument("methods", nargs="+", help="method overlays, e.g. conf/methods/zprl.yaml conf/methods/action_residual.yaml")
+    cmp.add_argument("methods", nargs="+",
+                     help="method overlays, e.g. conf/methods/zprl.yaml conf/methods/action_residual.yaml")
     cmp.add_argument("--base", nargs="+", default=["conf/zprl_online.yaml"],
                      help="online config(s) the method overlays apply to, in order (e.g. a task overlay last)")
     cmp.add_argument("--task", default=None, help="override the configs' task")

@@ -25,7 +25,8 @@ class RolloutEvalCallback(pl.Callback):
     the robomimic ``env_args`` stored in the dataset and its cameras, so rollouts match the demos.
 
     Runs on global rank zero only, in eval mode without gradients, with the averaged weights of any
-    ``WeightAveraging`` callback (e.g. ``EMAWeightAveraging``: the weights that get exported), and logs ``eval/success_rate``,
+    ``WeightAveraging`` callback (e.g. ``EMAWeightAveraging``: the weights that get exported), and logs
+    ``eval/success_rate``,
     ``eval/mean_return``, ``eval/mean_length``, ``eval/jerk``, ... through ``pl_module.log_dict`` (so any
     Lightning logger, MLflow included, records them). The vector env is built once, on first use, and
     closed at teardown; ``camera_names``, ``camera_size`` and ``max_episode_steps`` go to ``make_vector_env``

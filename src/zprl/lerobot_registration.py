@@ -37,7 +37,8 @@ class _RegisterAfterLoad:
 
 
 class _LeRobotPoliciesHook:
-    """One-shot finder: on the first import of ``lerobot.policies`` it removes itself and wraps that package's loader."""
+    """One-shot finder: on the first import of ``lerobot.policies`` it removes itself and wraps that package's
+    loader."""
 
     def find_spec(self, fullname: str, path, target=None) -> importlib.machinery.ModuleSpec | None:
         if fullname != TRIGGER:

@@ -143,7 +143,8 @@ def fit_summary(trainer: pl.Trainer, model: pl.LightningModule, datamodule: pl.L
         lines += [f"Pretraining finished: {root}", f"  policy (LeRobot format): {policy}"]
         overlay = Path(f"conf/tasks/{task}_online.yaml")  # the task overlay of the online config, where there is one
         configs = "-c conf/zprl_online.yaml" + (f" -c {overlay}" if overlay.exists() else "")
-        online_command = f"uv run lightning fit {configs} --model.init_args.policy_path={policy} --model.init_args.task={task}"
+        online_command = (f"uv run lightning fit {configs} --model.init_args.policy_path={policy} "
+                          f"--model.init_args.task={task}")
         next_commands = [f"uv run zprl evaluate --policy {policy} --task {task} --episodes 50", online_command]
     elif online is not None and isinstance(model, online.OnlineRLModule):
         lines.append(f"Online run finished ({model.method_name} on {model.hparams.task}): {root}")

@@ -101,7 +101,9 @@ class RobomimicDataModule(PolicyDataModule):
         super().__init__(**kwargs)
         self.task = task
         self.hdf5_path = Path(hdf5_path)
-        self.state_keys, self.env_state_keys, self.camera_keys = list(state_keys), list(env_state_keys), list(camera_keys)
+        self.state_keys = list(state_keys)
+        self.env_state_keys = list(env_state_keys)
+        self.camera_keys = list(camera_keys)
         self.filter_key = filter_key
 
     def _all_episodes(self) -> list[str]:

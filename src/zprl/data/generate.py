@@ -131,7 +131,7 @@ def tier_counts(num_demos: int, tier_fractions: Sequence[float]) -> dict[str, in
     exact = num_demos * fractions / fractions.sum()
     counts = np.floor(exact).astype(int)
     counts[np.argsort(counts - exact)[: num_demos - counts.sum()]] += 1
-    return dict(zip(QUALITY_TIERS, counts.tolist()))
+    return dict(zip(QUALITY_TIERS, counts.tolist(), strict=False))
 
 
 def attempt_seed(seed: int, tier: str, attempt: int) -> int:
@@ -323,4 +323,4 @@ def _write_dataset(task: str, num_demos: int, counts: dict[str, int], out: Path,
 
 
 # Demo sources of other simulators register themselves on import (as robomimic's algorithm factories do).
-import zprl.data.metaworld_experts  # noqa: F401
+import zprl.data.metaworld_experts  # noqa: E402, F401

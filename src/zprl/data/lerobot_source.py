@@ -6,13 +6,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
-
 from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
+from torch.utils.data import Dataset
 
-from zprl.data.schema import (ACTION, ENV_STATE, IMAGE_PREFIX, QUALITY_TIERS, STATE, DatasetSpec,
-                              action_frame_offsets, observation_frame_offsets, parse_quality_filter)
+from zprl.data.schema import (
+    ACTION,
+    ENV_STATE,
+    IMAGE_PREFIX,
+    QUALITY_TIERS,
+    STATE,
+    DatasetSpec,
+    action_frame_offsets,
+    observation_frame_offsets,
+    parse_quality_filter,
+)
 
 QUALITY_COLUMN = "quality_tier"
 
@@ -83,7 +91,8 @@ def quality_episodes(meta: LeRobotDatasetMetadata, quality_filter: str | None, r
     dataset = load_lerobot_dataset(meta.repo_id, root=root, video_backend=video_backend)
     wanted = {QUALITY_TIERS.index(t) for t in tiers}
     columns = dataset.hf_dataset.select_columns(["episode_index", QUALITY_COLUMN]).with_format("numpy")[:]
-    return sorted({int(e) for e, q in zip(columns["episode_index"], columns[QUALITY_COLUMN]) if int(q) in wanted})
+    pairs = zip(columns["episode_index"], columns[QUALITY_COLUMN], strict=True)
+    return sorted({int(e) for e, q in pairs if int(q) in wanted})
 
 
 class LeRobotPolicyDataset(Dataset):

@@ -11,9 +11,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-import zprl.compat  # noqa: F401
+# isort: off
+import zprl.compat  # noqa: F401  (mujoco_py stand-in, must precede robomimic's imports)
 import robomimic.utils.obs_utils as ObsUtils
 from robomimic.utils.dataset import SequenceDataset
+# isort: on
 
 from zprl.data.robomimic_writer import GENERATE_HINT, validate_robomimic_hdf5
 from zprl.data.schema import ACTION, ENV_STATE, IMAGE_PREFIX, STATE, DatasetSpec, array_stats, image_stats
@@ -84,7 +86,9 @@ class RobomimicPolicyDataset(Dataset):
         if horizon < n_obs_steps:
             raise ValueError(f"horizon ({horizon}) must be >= n_obs_steps ({n_obs_steps}).")
         self.n_obs_steps = n_obs_steps
-        self.state_keys, self.env_state_keys, self.camera_keys = list(state_keys), list(env_state_keys), list(camera_keys)
+        self.state_keys = list(state_keys)
+        self.env_state_keys = list(env_state_keys)
+        self.camera_keys = list(camera_keys)
         self.demos = list(demos) if demos is not None else list(info["demos"])
         with quiet_stdout():  # robomimic prints the obs spec
             ObsUtils.initialize_obs_utils_with_obs_specs(
@@ -116,7 +120,8 @@ class RobomimicPolicyDataset(Dataset):
         n = self.n_obs_steps
         sample = {
             STATE: torch.from_numpy(np.concatenate([obs[k][:n] for k in self.state_keys], -1).astype(np.float32)),
-            ENV_STATE: torch.from_numpy(np.concatenate([obs[k][:n] for k in self.env_state_keys], -1).astype(np.float32)),
+            ENV_STATE: torch.from_numpy(
+                np.concatenate([obs[k][:n] for k in self.env_state_keys], -1).astype(np.float32)),
             ACTION: torch.from_numpy(np.asarray(item["actions"], dtype=np.float32)),
             "action_is_pad": torch.from_numpy(~item["pad_mask"][:, 0].astype(bool)),
         }
@@ -145,7 +150,8 @@ class RobomimicPolicyDataset(Dataset):
                 def columns(keys: list[str]) -> np.ndarray:
                     return np.concatenate([np.concatenate([d[f"obs/{k}"][:] for k in keys], -1) for d in demos])
 
-                stats = {STATE: array_stats(columns(self.state_keys)), ENV_STATE: array_stats(columns(self.env_state_keys)),
+                stats = {STATE: array_stats(columns(self.state_keys)),
+                         ENV_STATE: array_stats(columns(self.env_state_keys)),
                          ACTION: array_stats(np.concatenate([d["actions"][:] for d in demos]))}
                 stride = max(1, sum(int(d.attrs["num_samples"]) for d in demos) // max_image_frames)
                 for key in self.camera_keys:

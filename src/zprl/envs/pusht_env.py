@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import gymnasium as gym
 import gym_pusht  # noqa: F401  (registers gym_pusht/PushT-v0)
+import gymnasium as gym
 import numpy as np
 
 

@@ -7,10 +7,12 @@ import copy
 import gymnasium as gym
 import numpy as np
 
+# isort: off
 import zprl.compat  # noqa: F401  (mujoco_py stand-in, must precede robomimic's env import)
 import robomimic.utils.env_utils as EnvUtils
 import robomimic.utils.obs_utils as ObsUtils
 import robosuite
+# isort: on
 
 from zprl.envs.tasks import get_task
 from zprl.logging_setup import quiet_stdout
@@ -26,20 +28,20 @@ def default_env_meta(task: str, camera_names: tuple[str, ...] = (), camera_size:
     spec = get_task(task)
     if spec.suite != "robomimic":
         raise ValueError(f"Task {task!r} is not a robomimic task.")
-    env_kwargs = dict(
-        has_renderer=False,
-        has_offscreen_renderer=bool(camera_names),
-        ignore_done=True,
-        use_object_obs=True,
-        use_camera_obs=bool(camera_names),
-        control_freq=20,
-        controller_configs=robosuite.load_controller_config(default_controller="OSC_POSE"),
-        robots=["Panda"],
-        camera_depths=False,
-        camera_heights=camera_size,
-        camera_widths=camera_size,
-        reward_shaping=False,
-    )
+    env_kwargs = {
+        "has_renderer": False,
+        "has_offscreen_renderer": bool(camera_names),
+        "ignore_done": True,
+        "use_object_obs": True,
+        "use_camera_obs": bool(camera_names),
+        "control_freq": 20,
+        "controller_configs": robosuite.load_controller_config(default_controller="OSC_POSE"),
+        "robots": ["Panda"],
+        "camera_depths": False,
+        "camera_heights": camera_size,
+        "camera_widths": camera_size,
+        "reward_shaping": False,
+    }
     if camera_names:
         env_kwargs["camera_names"] = list(camera_names)
     return {"env_name": spec.sim_name, "env_version": robosuite.__version__, "type": 1, "env_kwargs": env_kwargs}

@@ -22,7 +22,8 @@ class ZPRLConfig(DiffusionConfig):
 
     Every `DiffusionConfig` field keeps its meaning (the noise-scheduler fields only matter for the
     diffusion head). The defaults differ from LeRobot's where LeRobot's would download weights or be
-    slow on a CPU, and the environment state is min-max normalised like the robot state: no pretrained torchvision weights (GroupNorm instead of BatchNorm), a smaller UNet,
+    slow on a CPU, and the environment state is min-max normalised like the robot state: no pretrained
+    torchvision weights (GroupNorm instead of BatchNorm), a smaller UNet,
     horizon 16 and DDIM sampling with 10 steps (deterministic given the initial noise).
 
     Args:
