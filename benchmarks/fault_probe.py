@@ -70,7 +70,7 @@ model:
     total_env_steps: {steps}
     env_steps_per_iter: 32
     utd_ratio: 0.5
-    warmup_env_steps: 16
+    warmup_transitions: 4
     buffer_capacity: 100
     eval_every_env_steps: 64
     eval_episodes: 2

@@ -219,7 +219,7 @@ def test_tiny_pretrain_and_online_runs_on_box_close(box_close_data, tmp_path):
         f"--model.init_args.policy_path={tmp_path / 'policy'}", "--model.init_args.num_envs=2",
         "--model.init_args.asynchronous=false", "--model.init_args.max_episode_steps=20",
         "--model.init_args.total_env_steps=64", "--model.init_args.env_steps_per_iter=32",
-        "--model.init_args.warmup_env_steps=16", "--model.init_args.buffer_capacity=200",
+        "--model.init_args.warmup_transitions=8", "--model.init_args.buffer_capacity=200",
         "--model.init_args.eval_every_env_steps=64", "--model.init_args.eval_episodes=2",
         "--model.init_args.sac.batch_size=8", "--model.init_args.sac.hidden_dims=[32, 32]",
     ])

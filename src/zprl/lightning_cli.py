@@ -74,7 +74,9 @@ class ZPRLLightningCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Ready every MLflow logger's store (created once under a lock) or server (probed) before the run."""
-        loggers = self.config[self.config.subcommand].trainer.get("logger")
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config  # run=False parses without a subcommand
+        loggers = config.trainer.get("logger")
         for logger_config in loggers if isinstance(loggers, list) else [loggers]:
             if isinstance(logger_config, Namespace) and logger_config.get("class_path", "").endswith("MLFlowLogger"):
                 # MLFlowLogger's own default: MLFLOW_TRACKING_URI, else a file store MLflow handles itself
