@@ -32,8 +32,7 @@ def rollout_latents(module, num_episodes: int = 10, num_envs: int = 2, seed: int
     """
     if not isinstance(module.steering, LatentSteering):
         raise ValueError(f"Latent analysis needs a latent-steering run, got steering={module.hparams.steering!r}.")
-    envs = make_vector_env(module.hparams.task, num_envs, asynchronous=False,
-                           max_episode_steps=module.hparams.max_episode_steps, **module.env_kwargs())
+    envs = make_vector_env(module.hparams.task, num_envs, asynchronous=False, **module.env_kwargs())
     out = {}
     try:
         for name, actor in (("base", _ZeroActor(module.action_dim)), ("steered", module.sac.actor)):
