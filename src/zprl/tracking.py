@@ -149,6 +149,9 @@ class MLflowSaveConfigCallback(SaveConfigCallback):
         self.parser.save(self.config, str(config_path), skip_none=False, overwrite=True, multifile=False)
         params = flatten_config(self.config.as_dict())
         for logger in mlflow_loggers(trainer):
-            logger.log_hyperparams({k: str(v)[:500] for k, v in params.items() if not k.startswith("config")})
+            # ckpt_path is a tag: a resumed run (zprl compare) logs into the same MLflow run, whose params are fixed
+            logger.log_hyperparams({k: str(v)[:500] for k, v in params.items()
+                                    if not k.startswith("config") and k != "ckpt_path"})
+            logger.experiment.set_tag(logger.run_id, "ckpt_path", str(params.get("ckpt_path")))
             logger.experiment.log_artifact(logger.run_id, str(config_path))
 

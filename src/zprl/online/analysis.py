@@ -32,8 +32,7 @@ def rollout_latents(module, num_episodes: int = 10, num_envs: int = 2, seed: int
     """
     if not isinstance(module.steering, LatentSteering):
         raise ValueError(f"Latent analysis needs a latent-steering run, got steering={module.hparams.steering!r}.")
-    envs = make_vector_env(module.hparams.task, num_envs, asynchronous=False,
-                           max_episode_steps=module.hparams.max_episode_steps, **module.env_kwargs())
+    envs = make_vector_env(module.hparams.task, num_envs, asynchronous=False, **module.env_kwargs())
     out = {}
     try:
         for name, actor in (("base", _ZeroActor(module.action_dim)), ("steered", module.sac.actor)):
@@ -65,3 +64,17 @@ def pca_2d(*arrays: np.ndarray) -> list[np.ndarray]:
 
     pca = PCA(n_components=2).fit(np.concatenate(arrays))
     return [pca.transform(a) for a in arrays]
+
+
+def umap_2d(*arrays: np.ndarray, n_neighbors: int = 15, seed: int = 0) -> list[np.ndarray]:
+    """Embed several (N_i, D) arrays jointly in 2-D with UMAP (umap-learn), one fit on their union.
+
+    Unlike :func:`pca_2d` this keeps local neighbourhoods rather than the directions of largest variance:
+    steered latents that leave the base manifold show up as separate clusters.
+    """
+    import umap
+
+    union = np.concatenate(arrays)
+    reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(union) - 1), random_state=seed)
+    embedded = reducer.fit_transform(union)
+    return np.split(embedded, np.cumsum([len(a) for a in arrays])[:-1])

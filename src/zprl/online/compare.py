@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,11 @@ SUCCESS_METRIC = "eval/success_rate"
 SUMMARY_METRICS = ("eval/success_rate", "eval/mean_return", "eval/jerk", "eval/action_delta")
 EVAL_EVERY_PARAM = "model.init_args.eval_every_env_steps"  # as logged by zprl.tracking.MLflowSaveConfigCallback
 ARTIFACTS = ("success_vs_env_steps.png", "summary.csv", "summary.md")
+BASE_METHOD = "base_policy"  # its mean final success sets the sample-efficiency target (base + TARGET_MARGIN)
+TARGET_MARGIN = 0.1
+BOOTSTRAP_RESAMPLES = 10_000
+COMPARE_KEY_TAG = "zprl.compare_key"  # hash of a comparison's arguments: a rerun finds and resumes its parent
+UNFINISHED = ("RUNNING", "SCHEDULED", "FAILED", "KILLED")
 
 
 @dataclass
@@ -42,8 +50,40 @@ class MethodCurve:
 
     def steps_to(self, threshold: float) -> float:
         """First env step at which the seed-mean success reaches ``threshold`` (NaN if never)."""
-        hits = np.nonzero(self.mean >= threshold)[0]
-        return float(self.env_steps[hits[0]]) if len(hits) else float("nan")
+        return first_crossing(self.env_steps, self.mean, threshold)
+
+    def auc(self) -> np.ndarray:
+        """Per seed: area under success vs env steps divided by the step range (a mean success in [0, 1])."""
+        if len(self.env_steps) == 1:
+            return self.success[:, 0].astype(float)
+        return np.trapezoid(self.success, self.env_steps, axis=1) / (self.env_steps[-1] - self.env_steps[0])
+
+
+def first_crossing(env_steps: np.ndarray, success: np.ndarray, threshold: float) -> float:
+    """First of ``env_steps`` at which ``success`` reaches ``threshold`` (NaN if never)."""
+    hits = np.nonzero(success >= threshold)[0]
+    return float(env_steps[hits[0]]) if len(hits) else float("nan")
+
+
+def bootstrap_ci(samples: np.ndarray, statistic: Callable[[np.ndarray], float] = np.mean, level: float = 0.95,
+                 resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic`` over the rows (seeds) of ``samples``, with a fixed seed.
+
+    NaN samples are dropped first (a seed that logged no value). A statistic that is NaN on a resample
+    (e.g. a success level never reached) counts as +inf, so such an interval's upper end is NaN when more
+    than ``(1 - level) / 2`` of the resamples never got there. One seed gives a zero-width interval.
+    """
+    samples = np.asarray(samples, dtype=float)
+    samples = samples[~np.isnan(samples).reshape(len(samples), -1).all(axis=1)]
+    if len(samples) == 0:
+        return float("nan"), float("nan")
+    rows = np.random.default_rng(seed).integers(0, len(samples), size=(resamples, len(samples)))
+    stats = np.array([statistic(samples[r]) for r in rows], dtype=float)
+    stats[np.isnan(stats)] = np.inf
+    tail = (1 - level) / 2 * 100
+    with np.errstate(invalid="ignore"):  # inf - inf between two never-reached resamples: NaN
+        low, high = np.percentile(stats, [tail, 100 - tail])
+    return tuple(float(v) if np.isfinite(v) else float("nan") for v in (low, high))
 
 
 def method_name(config_path: str | Path) -> str:
@@ -93,24 +133,68 @@ def method_curve(client: MlflowClient, method: str, run_ids: list[str], eval_eve
     return MethodCurve(method, grid, success)
 
 
-def summary_table(client: MlflowClient, curves: list[MethodCurve], runs: dict[str, list[str]]) -> pd.DataFrame:
-    """Final success (mean ± std over seeds), steps to 50 % / 80 % success, return and smoothness."""
+def summary_table(client: MlflowClient, curves: list[MethodCurve], runs: dict[str, list[str]],
+                  resamples: int = BOOTSTRAP_RESAMPLES) -> pd.DataFrame:
+    """Per method: final success, sample efficiency and smoothness over seeds, with 95 % bootstrap intervals.
+
+    Columns: ``final_success_mean/std/lo/hi`` (the last evaluation), ``steps_to_50`` / ``steps_to_80`` (first
+    nominal step where the seed-mean success reaches it), ``final_return``, ``jerk`` and ``action_delta``
+    (mean |delta a|) with ``_lo/_hi``, ``auc`` (area under success vs env steps over the step range, i.e. the
+    mean success over training) with ``auc_lo/hi``, and ``target`` = base + 0.1 with ``steps_to_target`` and
+    its interval. The base is the ``base_policy`` method's mean final success when it is in the comparison,
+    else each method's own mean success at its first evaluation (step 0). NaN: never reached.
+    """
+    finals = {curve.method: {key: np.array([client.get_run(r).data.metrics.get(key, np.nan)
+                                            for r in runs[curve.method]]) for key in SUMMARY_METRICS}
+              for curve in curves}
+    base = float(np.mean(finals[BASE_METHOD][SUCCESS_METRIC])) if BASE_METHOD in finals else None
     rows = []
     for curve in curves:
-        finals = {key: [client.get_run(r).data.metrics.get(key, np.nan) for r in runs[curve.method]]
-                  for key in SUMMARY_METRICS}
-        rows.append({
-            "method": curve.method,
-            "seeds": len(runs[curve.method]),
-            "final_success_mean": float(np.mean(finals[SUCCESS_METRIC])),
-            "final_success_std": float(np.std(finals[SUCCESS_METRIC])),
-            "steps_to_50": curve.steps_to(0.5),
-            "steps_to_80": curve.steps_to(0.8),
-            "final_return": float(np.nanmean(finals["eval/mean_return"])),
-            "jerk": float(np.nanmean(finals["eval/jerk"])),
-            "action_delta": float(np.nanmean(finals["eval/action_delta"])),
-        })
+        final = finals[curve.method]
+        target = (curve.mean[0] if base is None else base) + TARGET_MARGIN
+        auc = curve.auc()
+
+        def interval(samples, statistic=np.mean):
+            return bootstrap_ci(samples, statistic, resamples=resamples)
+
+        def to_target(success, steps=curve.env_steps, target=target):
+            return first_crossing(steps, success.mean(0), target)
+
+        row = {"method": curve.method, "seeds": len(runs[curve.method]),
+               "final_success_mean": float(np.mean(final[SUCCESS_METRIC])),
+               "final_success_std": float(np.std(final[SUCCESS_METRIC])),
+               "steps_to_50": curve.steps_to(0.5), "steps_to_80": curve.steps_to(0.8),
+               "final_return": float(np.nanmean(final["eval/mean_return"])),
+               "jerk": float(np.nanmean(final["eval/jerk"])),
+               "action_delta": float(np.nanmean(final["eval/action_delta"]))}
+        row["final_success_lo"], row["final_success_hi"] = interval(final[SUCCESS_METRIC])
+        row["auc"] = float(auc.mean())
+        row["auc_lo"], row["auc_hi"] = interval(auc)
+        row["target"] = float(target)
+        row["steps_to_target"] = to_target(curve.success)
+        row["steps_to_target_lo"], row["steps_to_target_hi"] = interval(curve.success, to_target)
+        row["jerk_lo"], row["jerk_hi"] = interval(final["eval/jerk"])
+        row["action_delta_lo"], row["action_delta_hi"] = interval(final["eval/action_delta"])
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def summary_markdown(table: pd.DataFrame) -> str:
+    """The summary table as markdown, each statistic as ``mean [95 % CI]`` (NaN: never reached)."""
+    def cell(row: dict, key: str, fmt: str, mean_key: str | None = None) -> str:
+        value = format(row[mean_key or key], fmt)
+        if row["seeds"] < 2:
+            return value
+        return f"{value} [{format(row[key + '_lo'], fmt)}, {format(row[key + '_hi'], fmt)}]"
+
+    rows = [{"method": row["method"], "seeds": row["seeds"],
+             "final success": cell(row, "final_success", ".2f", "final_success_mean"),
+             "success AUC": cell(row, "auc", ".2f"),
+             f"target (base + {TARGET_MARGIN})": f"{row['target']:.2f}",
+             "env steps to target": cell(row, "steps_to_target", ".0f"),
+             "jerk": cell(row, "jerk", ".3g"), "mean abs delta a": cell(row, "action_delta", ".3g")}
+            for row in table.to_dict("records")]
+    return pd.DataFrame(rows).to_markdown(index=False)
 
 
 def success_figure(curves: list[MethodCurve], title: str) -> plt.Figure:
@@ -136,8 +220,11 @@ def plot_success(curves: list[MethodCurve], title: str, path: Path) -> Path:
 
 
 def run_one(base: list[str], method: str, seed: int, run_id: str, experiment: str, root_dir: Path,
-            task: str | None, overrides: list[str]) -> None:
-    """One online run (base configs + method overlay) in a fresh process, logging into MLflow run ``run_id``."""
+            task: str | None, overrides: list[str], ckpt_path: Path | None = None) -> None:
+    """One online run (base configs + method overlay) in a fresh process, logging into MLflow run ``run_id``.
+
+    ``ckpt_path``: resume from this checkpoint (Lightning's ``--ckpt_path``).
+    """
     configs = [arg for config in [*base, method] for arg in ("-c", config)]
     args = ["fit", *configs, f"--seed_everything={seed}", f"--model.init_args.seed={seed}",
             f"--trainer.default_root_dir={root_dir}",
@@ -146,6 +233,8 @@ def run_one(base: list[str], method: str, seed: int, run_id: str, experiment: st
             f"--trainer.logger.init_args.tracking_uri={tracking_uri()}"]
     if task:
         args.append(f"--model.init_args.task={task}")
+    if ckpt_path is not None:
+        args.append(f"--ckpt_path={ckpt_path}")
     command = [sys.executable, "-c", "from zprl.cli import lightning_main; lightning_main()",
                *args, *overrides]
     subprocess.run(command, check=True)
@@ -159,6 +248,37 @@ def create_child_run(client: MlflowClient, experiment_id: str, parent_id: str, n
                                     "root_dir": str(root_dir.resolve())})
     client.update_run(child.info.run_id, status="SCHEDULED")
     return child.info.run_id
+
+
+def comparison_key(configs: list[str], base: list[str], seeds: list[int], task: str | None, experiment: str,
+                   overrides: list[str], output_dir: str | Path) -> str:
+    """A hash of a comparison's arguments (paths resolved): the same arguments give the same key."""
+    def resolved(paths):
+        return [str(Path(path).resolve()) for path in paths]
+
+    arguments = {"methods": resolved(configs), "base": resolved(base), "seeds": list(seeds), "task": task,
+                 "experiment": experiment, "overrides": list(overrides), "output_dir": str(Path(output_dir).resolve())}
+    return hashlib.sha256(json.dumps(arguments, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def find_parent_run(client: MlflowClient, experiment_id: str, key: str) -> str | None:
+    """The latest parent run of ``experiment_id`` tagged with comparison ``key`` (None if there is none)."""
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{COMPARE_KEY_TAG}` = '{key}'",
+                               order_by=["attributes.start_time DESC"])
+    parents = [run for run in found if "mlflow.parentRunId" not in run.data.tags]
+    return parents[0].info.run_id if parents else None
+
+
+def existing_children(client: MlflowClient, experiment_id: str, parent_id: str) -> dict[tuple[str, int], tuple]:
+    """``{(method, seed): (run_id, status)}`` of the child runs of ``parent_id``."""
+    children = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    return {(c.data.tags["method"], int(c.data.tags["seed"])): (c.info.run_id, c.info.status) for c in children}
+
+
+def resume_checkpoint(root_dir: Path) -> Path | None:
+    """``root_dir/checkpoints/last.ckpt`` if an earlier attempt of the run wrote it, else None (fresh start)."""
+    last = Path(root_dir) / "checkpoints" / "last.ckpt"
+    return last if last.is_file() else None
 
 
 def run_child(client: MlflowClient, index: int, total: int, name: str, seed: int, launch: tuple) -> None:
@@ -188,6 +308,33 @@ def comparison_summary(experiment: str, parent_id: str, out_dir: Path) -> list[s
             f"  uv run mlflow ui --backend-store-uri {tracking_uri()}"]
 
 
+def plan_children(client: MlflowClient, experiment_id: str, parent_id: str, configs: list[str], names: list[str],
+                  seeds: list[int], out_dir: Path, shared: tuple) -> tuple[dict[str, list[str]], list[tuple]]:
+    """Child run ids per method and the launches still to do: a FINISHED child is skipped, an unfinished one
+    (RUNNING, SCHEDULED, FAILED, KILLED) reruns in its own MLflow run from its ``last.ckpt`` when it has one,
+    and a missing one is created. ``shared`` is ``(base, experiment, task, overrides)``."""
+    base, experiment, task, overrides = shared
+    previous = existing_children(client, experiment_id, parent_id)
+    runs: dict[str, list[str]] = {}
+    launches = []
+    for config, name in zip(configs, names, strict=True):
+        for seed in seeds:
+            root_dir = out_dir / f"{name}_seed{seed}"
+            run_id, status = previous.get((name, seed), (None, None))
+            if run_id is None:
+                run_id = create_child_run(client, experiment_id, parent_id, name, seed, root_dir)
+            runs.setdefault(name, []).append(run_id)
+            if status == "FINISHED":
+                print(f"  {name} seed {seed}: finished earlier (MLflow run {run_id}), skipped", flush=True)
+                continue
+            ckpt = resume_checkpoint(root_dir) if status in UNFINISHED else None
+            if status is not None:
+                print(f"  {name} seed {seed}: {status}, rerun {f'from {ckpt}' if ckpt else 'from the start'}",
+                      flush=True)
+            launches.append((name, seed, (base, config, seed, run_id, experiment, root_dir, task, overrides, ckpt)))
+    return runs, launches
+
+
 def run_comparison(configs: list[str], base: str | list[str] = "conf/zprl_online.yaml", seeds: list[int] = (0, 1, 2),
                    task: str | None = None, experiment: str = "zprl-compare", overrides: list[str] = (),
                    output_dir: str | Path = "outputs/compare", jobs: int = 1) -> pd.DataFrame:
@@ -198,7 +345,12 @@ def run_comparison(configs: list[str], base: str | list[str] = "conf/zprl_online
     at once (separate processes; mind the cores and GPU memory they share).
 
     The parent run gets the success-vs-env-steps plot (seed mean and spread per method) and the
-    summary table (final success, steps to 50 % / 80 %, return, jerk) as artifacts.
+    summary table (:func:`summary_table`: final success, success AUC, env steps to base + 0.1, jerk and
+    mean |delta a|, with 95 % bootstrap intervals over seeds) as artifacts.
+
+    Run again with the same arguments (``jobs`` aside), it resumes: the parent run tagged with the same
+    :func:`comparison_key` is reused, finished child runs are skipped and unfinished ones rerun in their own
+    MLflow runs from ``<run folder>/checkpoints/last.ckpt`` when it exists.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}.")
@@ -212,18 +364,20 @@ def run_comparison(configs: list[str], base: str | list[str] = "conf/zprl_online
     client = MlflowClient()
     names = [method_name(c) for c in configs]
     if len(set(names)) != len(names):
-        raise ValueError(f"Two configs share a method name ({names}); give each a distinct model.init_args.method_name.")
-    with mlflow.start_run(run_name=f"compare-{task or 'configs'}") as parent:
-        mlflow.log_params({"base": ",".join(map(str, base)), "methods": ",".join(configs), "seeds": ",".join(map(str, seeds)), "task": task or "from config"})
-        runs: dict[str, list[str]] = {}
-        launches = []
+        raise ValueError(f"Two configs share a method name ({names}); give each a distinct "
+                         "model.init_args.method_name.")
+    key = comparison_key(configs, base, seeds, task, experiment, overrides, output_dir)
+    parent_id = find_parent_run(client, experiment_id, key)
+    if parent_id:
+        print(f"Resuming comparison {parent_id} (same arguments, key {key}): finished runs are skipped.", flush=True)
+    with mlflow.start_run(run_id=parent_id, run_name=None if parent_id else f"compare-{task or 'configs'}",
+                          tags={COMPARE_KEY_TAG: key}) as parent:
+        if parent_id is None:
+            mlflow.log_params({"base": ",".join(map(str, base)), "methods": ",".join(configs),
+                               "seeds": ",".join(map(str, seeds)), "task": task or "from config"})
         out_dir = Path(output_dir) / parent.info.run_id
-        for config, name in zip(configs, names):
-            for seed in seeds:
-                root_dir = out_dir / f"{name}_seed{seed}"
-                run_id = create_child_run(client, experiment_id, parent.info.run_id, name, seed, root_dir)
-                launches.append((name, seed, (base, config, seed, run_id, experiment, root_dir, task, list(overrides))))
-                runs.setdefault(name, []).append(run_id)
+        runs, launches = plan_children(client, experiment_id, parent.info.run_id, configs, names, seeds, out_dir,
+                                       (base, experiment, task, list(overrides)))
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = [pool.submit(run_child, client, k, len(launches), name, seed, launch)
                        for k, (name, seed, launch) in enumerate(launches, start=1)]
@@ -235,11 +389,13 @@ def run_comparison(configs: list[str], base: str | list[str] = "conf/zprl_online
         plot_success(curves, f"{task or 'task'}: success vs env steps ({len(seeds)} seeds)",
                      out_dir / "success_vs_env_steps.png")
         table.to_csv(out_dir / "summary.csv", index=False)
-        (out_dir / "summary.md").write_text(table.to_markdown(index=False, floatfmt=".3f"))
+        markdown = summary_markdown(table)
+        (out_dir / "summary.md").write_text(markdown + "\n")
         for name in ARTIFACTS:
             mlflow.log_artifact(str(out_dir / name))
         for row in table.itertuples():
-            mlflow.log_metric(f"{row.method}/final_success_mean", row.final_success_mean)
-    print(table.to_markdown(index=False, floatfmt=".3f"))
+            mlflow.log_metrics({f"{row.method}/final_success_mean": row.final_success_mean,
+                                f"{row.method}/success_auc": row.auc})
+    print(markdown)
     print("\n".join(comparison_summary(experiment, parent.info.run_id, out_dir)))
     return table
