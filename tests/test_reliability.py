@@ -420,3 +420,24 @@ def test_damaged_hdf5_is_named(tmp_path):
     damaged.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=f"Cannot read the robomimic dataset {damaged}.*Regenerate it"):
         RobomimicDataModule(hdf5_path=str(damaged), n_obs_steps=2, horizon=8, val_fraction=0.0).setup()
+
+
+def test_a_resumed_run_continues_its_mlflow_run(policy_dir, tmp_path):
+    """Resume (with a raised budget) logs into the checkpoint's MLflow run: one run, one curve, FINISHED."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    config = tmp_path / "online.yaml"
+    config.write_text(ONLINE_CONFIG.format(root=tmp_path / "run", policy=policy_dir))
+    logger = ["--trainer.logger=lightning.pytorch.loggers.MLFlowLogger",
+              "--trainer.logger.init_args.experiment_name=resume", f"--trainer.logger.init_args.tracking_uri={uri}"]
+    lightning_main(["fit", "-c", str(config), *logger])
+    lightning_main(["fit", "-c", str(config), *logger, f"--ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
+                    "--model.init_args.total_env_steps=128"])
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "env_steps")]
+    assert min(steps) < 64 and max(steps) >= 128
+    assert run.data.params["model.init_args.total_env_steps"] == "64"
+    assert run.data.tags["resumed.model.init_args.total_env_steps"] == "128"

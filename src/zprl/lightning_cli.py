@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from zprl.checkpointing import resolve_resume_checkpoint
 from zprl.tracking import MLflowSaveConfigCallback, flatten_config, prepare_tracking
 
+MLFLOW_RUN_KEY = "zprl_mlflow_run_id"  # checkpoint entry: the MLflow run a resumed run continues
 # Model settings that may differ between a checkpoint and the resumed run: the budget and evaluation schedule.
 RESUMABLE_CHANGES = frozenset({"total_env_steps", "eval_every_env_steps", "eval_episodes", "eval_num_envs"})
 LIGHTNING_CKPT_ALIASES = frozenset({"last", "best", "hpc", "registry"})
@@ -34,6 +35,23 @@ class ZPRLProgressBar(RichProgressBar):
         if self.trainer.max_epochs is not None and self.trainer.max_epochs >= 0:
             return super()._get_train_description(current_epoch)
         return f"Epoch {current_epoch}".ljust(len(self.validation_description))  # padded as Lightning does
+
+
+class MLflowRunInCheckpoint(Callback):
+    """Stores the MLflow run id in every checkpoint, so ``--ckpt_path`` continues that run (one curve, not two),
+    and marks a continued run RUNNING again (a killed run was left RUNNING or FAILED)."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.ckpt_path and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                if isinstance(logger, MLFlowLogger):
+                    logger.experiment.update_run(logger.run_id, status="RUNNING")
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, MLFlowLogger):
+                checkpoint[MLFLOW_RUN_KEY] = logger.run_id
+                return
 
 
 def _plain(value: Any) -> Any:
@@ -93,7 +111,9 @@ class ZPRLLightningCLI(LightningCLI):
             return
         resolved = resolve_resume_checkpoint(ckpt_path)
         self.config[subcommand].ckpt_path = str(resolved)
-        hparams = torch.load(resolved, weights_only=True, map_location="cpu").get("hyper_parameters") or {}
+        checkpoint = torch.load(resolved, weights_only=True, map_location="cpu")
+        hparams = checkpoint.get("hyper_parameters") or {}
+        self._continue_mlflow_run(self.config[subcommand].trainer.get("logger"), checkpoint.get(MLFLOW_RUN_KEY))
         model = self.config[subcommand].model
         conflicts = resume_conflicts(hparams, model.class_path, model.init_args)
         if conflicts:
@@ -104,12 +124,24 @@ class ZPRLLightningCLI(LightningCLI):
                 "may change. Use the checkpointed run's settings (its config.yaml), or start a new run without "
                 "--ckpt_path (and another trainer.default_root_dir).")
 
+    @staticmethod
+    def _continue_mlflow_run(loggers: Any, run_id: str | None) -> None:
+        """Point an MLflow logger without an explicit ``run_id`` at the checkpoint's run (it resumes that run)."""
+        if not run_id:
+            return
+        for logger_config in loggers if isinstance(loggers, list) else [loggers]:
+            if isinstance(logger_config, Namespace) and logger_config.get("class_path", "").endswith("MLFlowLogger") \
+                    and not logger_config.init_args.get("run_id"):
+                logger_config.init_args.run_id = run_id
+                return
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> pl.Trainer:
         listed = config.get("callbacks")
         listed = [] if listed is None else listed if isinstance(listed, list) else [listed]
         if config.get("enable_progress_bar") is not False and not any(
                 isinstance(cb, ProgressBar) for cb in [*listed, *callbacks]):
             callbacks = [*callbacks, ZPRLProgressBar()]
+        callbacks = [*callbacks, MLflowRunInCheckpoint()]
         return super()._instantiate_trainer(config, callbacks)
 
 

@@ -119,7 +119,7 @@ class PretrainModule(L.LightningModule):
                  lr: float = 1e-4, weight_decay: float = 1e-6, warmup_steps: int = 500, export_dir: str | None = None,
                  base_policy: str | None = None):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the CLI logs the whole config (zprl.tracking)
         self.policy = None
         self.preprocessor = self.postprocessor = None
         self._spec: DatasetSpec | None = None

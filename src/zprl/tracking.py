@@ -149,9 +149,14 @@ class MLflowSaveConfigCallback(SaveConfigCallback):
         self.parser.save(self.config, str(config_path), skip_none=False, overwrite=True, multifile=False)
         params = flatten_config(self.config.as_dict())
         for logger in mlflow_loggers(trainer):
-            # ckpt_path is a tag: a resumed run (zprl compare) logs into the same MLflow run, whose params are fixed
-            logger.log_hyperparams({k: str(v)[:500] for k, v in params.items()
-                                    if not k.startswith("config") and k != "ckpt_path"})
+            values = {k: str(v)[:500] for k, v in params.items() if not k.startswith("config") and k != "ckpt_path"}
+            # A resumed run logs into its MLflow run, whose params are fixed: settings a resume may change (the
+            # budget, ckpt_path) become tags `resumed.<key>` instead of new param values.
+            logged = logger.experiment.get_run(logger.run_id).data.params
+            changed = {k: v for k, v in values.items() if k in logged and logged[k] != v}
+            logger.log_hyperparams({k: v for k, v in values.items() if k not in logged})
+            for key, value in changed.items():
+                logger.experiment.set_tag(logger.run_id, f"resumed.{key}", value)
             logger.experiment.set_tag(logger.run_id, "ckpt_path", str(params.get("ckpt_path")))
             logger.experiment.log_artifact(logger.run_id, str(config_path))
 

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import gym_pusht  # noqa: F401  (registers gym_pusht/PushT-v0)
 import gymnasium as gym
 import numpy as np
+
+
+def _release_pymunk_space(env: gym.Env) -> None:
+    """Drop gym-pusht's pymunk objects (space, bodies, collision handler) and collect them now."""
+    for name in ("collision_handeler", "agent", "block", "_block_shapes", "space"):  # gym-pusht's attribute names
+        if hasattr(env, name):
+            setattr(env, name, None)
+    gc.collect()
 
 
 class PushTEnv(gym.Wrapper):
@@ -27,6 +38,10 @@ class PushTEnv(gym.Wrapper):
         })
         self.action_space = gym.spaces.Box(self.env.action_space.low.astype(np.float32),
                                            self.env.action_space.high.astype(np.float32), dtype=np.float32)
+        # Free the pymunk space at close, or at the latest when the interpreter starts to exit (finalizers run
+        # while it is intact): freed during the exit itself, its collision callback (a bound method, so space
+        # and env form a cycle) runs after cffi is torn down and segfaults.
+        self._release_space = weakref.finalize(self, _release_pymunk_space, self.env)
 
     @staticmethod
     def _observation(obs: dict) -> dict[str, np.ndarray]:
@@ -41,3 +56,7 @@ class PushTEnv(gym.Wrapper):
         obs, _, terminated, truncated, info = self.env.step(action)
         success = bool(info.get("is_success", False))
         return self._observation(obs), float(success), success, truncated, {"is_success": success}
+
+    def close(self):
+        super().close()
+        self._release_space()

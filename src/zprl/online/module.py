@@ -109,7 +109,7 @@ class OnlineRLModule(L.LightningModule):
     ):
         super().__init__()
         sac_config = sac if isinstance(sac, SACConfig) else SACConfig(**(sac or {}))
-        self.save_hyperparameters(ignore=["sac"])
+        self.save_hyperparameters(ignore=["sac"], logger=False)  # the CLI logs the whole config (zprl.tracking)
         self.hparams.sac = asdict(sac_config)  # a plain dict keeps checkpoints loadable with weights_only
         self.method_name = method_name or steering
         for name in ("total_env_steps", "env_steps_per_iter", "eval_every_env_steps", "eval_episodes", "num_envs",
