@@ -54,7 +54,8 @@ def main() -> None:
         command = [sys.executable, "-c", "from zprl.cli import lightning_main; lightning_main()",
                    "fit", "-c", "conf/pretrain.yaml", "-c", "benchmarks/pretrain_quality.yaml",
                    *[arg for config in args.config for arg in ("-c", config)],
-                   f"--data.init_args.hdf5_path={args.data}/demo.hdf5", f"--trainer.default_root_dir={out}",
+                   f"--data.init_args.hdf5_path={args.data}/demo.hdf5", f"--data.init_args.task={args.task}",
+                   f"--trainer.default_root_dir={out}",
                    f"--trainer.logger.init_args.run_name=bench_{args.task}", *lightning_overrides]
         subprocess.run(command, check=True)
     train_seconds = time.time() - start

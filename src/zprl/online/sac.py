@@ -316,7 +316,11 @@ class SAC(nn.Module):
                               ) -> dict[str, Tensor]:
         c = self.config
         u, log_prob, residual = self.actor.sample(batch.obs, generator)
-        q_pi = self.q_values(self.critic, batch.obs, u)
+        self.critic.requires_grad_(False)  # the actor loss needs dQ/du only: skip the critics' weight gradients
+        try:
+            q_pi = self.q_values(self.critic, batch.obs, u)
+        finally:
+            self.critic.requires_grad_(True)
         q_pi = q_pi.mean(0) if c.actor_q_reduction == "mean" else q_pi.min(0).values
         actor_loss = (alpha * log_prob - q_pi).mean() + c.residual_penalty * residual.square().mean()
         actor_opt.zero_grad()
