@@ -8,6 +8,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,3 +46,30 @@ def tiny_reach_policy(tmp_path_factory):
                     f"--trainer.default_root_dir={root}", f"--data.init_args.root={root / 'data'}",
                     f"--model.init_args.export_dir={root / 'policy'}"])
     return root / "policy"
+
+
+TINY_PUSHT_POLICY = {"down_dims": (16, 32), "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4,
+                     "vib_hidden_dim": 32, "z_dim": 4, "num_inference_steps": 3, "device": "cpu"}
+
+
+def range_stats(low, high) -> dict[str, np.ndarray]:
+    """LeRobot-format statistics of a feature spread uniformly over [low, high]."""
+    low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
+    return {"min": low, "max": high, "mean": (low + high) / 2, "std": (high - low) / 4}
+
+
+@pytest.fixture(scope="session")
+def policy_dir(tmp_path_factory):
+    """A tiny untrained ZPRL policy for PushT (state 2, env state 16, action 2) saved with its processors."""
+    from zprl.policy import ZPRLPolicy, make_zprl_pre_post_processors, zprl_config_for
+
+    torch.manual_seed(0)
+    config = zprl_config_for(2, 16, 2, **TINY_PUSHT_POLICY)
+    stats = {"observation.state": range_stats([0, 0], [512, 512]),
+             "observation.environment_state": range_stats([0] * 16, [512] * 16),
+             "action": range_stats([0, 0], [512, 512])}
+    pre, post = make_zprl_pre_post_processors(config, stats)
+    out = tmp_path_factory.mktemp("policy")
+    for part in (ZPRLPolicy(config), pre, post):
+        part.save_pretrained(out)
+    return out

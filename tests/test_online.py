@@ -18,37 +18,12 @@ from zprl.online.module import OnlineRLModule
 from zprl.online.replay_buffer import ReplayBuffer, Transitions
 from zprl.online.sac import SAC, CriticDivergenceError, SACConfig
 from zprl.online.steering import ActionSteering, LatentSteering, NoiseSteering, make_steering
-from zprl.policy import ZPRLPolicy, make_zprl_pre_post_processors, zprl_config_for
 from zprl.policy_io import load_policy
-
-TINY = {"down_dims": (16, 32), "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4, "vib_hidden_dim": 32,
-        "z_dim": 4, "num_inference_steps": 3, "device": "cpu"}
 
 
 @pytest.fixture(autouse=True)
 def _single_thread():
     torch.set_num_threads(1)
-
-
-def _stats(low, high):
-    low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
-    return {"min": low, "max": high, "mean": (low + high) / 2, "std": (high - low) / 4}
-
-
-@pytest.fixture(scope="module")
-def policy_dir(tmp_path_factory):
-    """A tiny untrained ZPRL policy for PushT (state 2, env state 16, action 2) saved with its processors."""
-    torch.manual_seed(0)
-    config = zprl_config_for(2, 16, 2, **TINY)
-    policy = ZPRLPolicy(config)
-    stats = {"observation.state": _stats([0, 0], [512, 512]),
-             "observation.environment_state": _stats([0] * 16, [512] * 16),
-             "action": _stats([0, 0], [512, 512])}
-    pre, post = make_zprl_pre_post_processors(config, stats)
-    out = tmp_path_factory.mktemp("policy")
-    for part in (policy, pre, post):
-        part.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -26,34 +25,12 @@ from zprl.cli import lightning_main, zprl_main
 from zprl.data.generate import generate_dataset
 from zprl.data.reach_demos import generate_reach_dataset
 from zprl.online.replay_buffer import ReplayBuffer, Transitions
-from zprl.policy import ZPRLPolicy, make_zprl_pre_post_processors, zprl_config_for
 from zprl.policy_io import PolicyLoadError, load_policy
 from zprl.tracking import check_tracking_server, prepare_tracking
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"down_dims": (16, 32), "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4, "vib_hidden_dim": 32,
-        "z_dim": 4, "num_inference_steps": 3, "device": "cpu"}
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
        "OMP_NUM_THREADS": "1"}
-
-
-def _stats(low, high):
-    low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
-    return {"min": low, "max": high, "mean": (low + high) / 2, "std": (high - low) / 4}
-
-
-@pytest.fixture(scope="module")
-def policy_dir(tmp_path_factory):
-    """A tiny untrained ZPRL PushT policy (state 2, env state 16, action 2) exported with its processors."""
-    torch.manual_seed(0)
-    config = zprl_config_for(2, 16, 2, **TINY)
-    stats = {"observation.state": _stats([0, 0], [512, 512]),
-             "observation.environment_state": _stats([0] * 16, [512] * 16), "action": _stats([0, 0], [512, 512])}
-    pre, post = make_zprl_pre_post_processors(config, stats)
-    out = tmp_path_factory.mktemp("policy")
-    for part in (ZPRLPolicy(config), pre, post):
-        part.save_pretrained(out)
-    return out
 
 
 def _copy_policy(policy_dir: Path, dest: Path) -> Path:
