@@ -8,6 +8,7 @@ RUN pip install --no-cache-dir uv
 WORKDIR /workspace/zprl
 COPY pyproject.toml uv.lock .python-version README.md ./
 COPY src ./src
+COPY plugins ./plugins
 RUN uv sync --locked --extra dev
 COPY . .
 # README step 2 (tests) as the image's check; step 1 (generate data + pretrain) is the default command.

@@ -7,7 +7,7 @@ compare`` with one seed: one MLflow parent run, one plot, one table, ``--jobs`` 
 same command again resumes it. The script then prints, per method, the bound with the highest mean success
 AUC over the run's evaluations (ties: the higher final success); run the 3-seed comparison at those bounds.
 
-    uv run python benchmarks/steering_sweep.py --base conf/zprl_online.yaml conf/online_reach.yaml --task reach \\
+    uv run python benchmarks/steering_sweep.py --base conf/zprl_online.yaml conf/tasks/reach_online.yaml --task reach \\
         --grid zprl=0.5,1,2 action_residual=0.15,0.3,0.6 noise_steering=1,1.5,2 --jobs 2
     uv run python benchmarks/steering_sweep.py --task lift -- --model.init_args.total_env_steps=100000
 
