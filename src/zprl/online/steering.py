@@ -131,6 +131,9 @@ class LatentSteering(Steering):
 
     def __init__(self, policy: ZPRLPolicy, scale: float = 0.2, conditioning: str = "latent", centre: str = "sample"):
         super().__init__(policy, scale, conditioning)
+        if conditioning != "latent":
+            raise ValueError("Latent steering always conditions the generator on decode(z'); base_conditioning "
+                             f"'{conditioning}' applies to the action, noise and base methods only.")
         if centre not in LATENT_CENTRES:
             raise ValueError(f"latent_centre must be one of {LATENT_CENTRES}, got {centre!r}.")
         self.centre = centre
