@@ -39,12 +39,3 @@ class LeRobotRolloutPolicy:
         action = self.postprocessor(self.policy.select_action(batch))
         return action.detach().cpu().numpy()
 
-
-def policy_env_kwargs(config) -> dict:
-    """The env settings a policy config needs: its cameras (``observation.images.<cam>``) and their size.
-
-    One place for evaluation, online training and latent analysis, so an image policy always gets its cameras.
-    """
-    cameras = [key.removeprefix(IMAGE_PREFIX) for key in config.image_features]
-    size = next(iter(config.image_features.values())).shape[-1] if cameras else 84
-    return {"camera_names": cameras, "camera_size": size}
