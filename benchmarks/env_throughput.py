@@ -34,6 +34,11 @@ def raw_robosuite(task: str, steps: int, rng: np.random.Generator, clock=time.pe
     env = robosuite.make(TASKS[task].sim_name, **default_env_meta(task)["env_kwargs"])
     low, high = env.action_spec
     horizon = TASKS[task].max_episode_steps
+    return _random_steps_per_s(env, low, high, horizon, steps, rng, clock)
+
+
+def _random_steps_per_s(env, low, high, horizon: int, steps: int, rng: np.random.Generator, clock) -> float:
+    """Steps/s of ``env`` under uniform random actions, reset every ``horizon`` steps, after a warm-up."""
     env.reset()
     for _ in range(WARMUP_STEPS):
         env.step(rng.uniform(low, high))
@@ -55,18 +60,7 @@ def raw_metaworld(task: str, steps: int, rng: np.random.Generator, clock=time.pe
     env = MetaWorldEnv(task).sim_env  # the MetaWorld object itself, without zprl's wrapper around it
     low, high = env.action_space.low, env.action_space.high
     horizon = TASKS[task].max_episode_steps
-    env.reset()
-    for _ in range(WARMUP_STEPS):
-        env.step(rng.uniform(low, high))
-    env.reset()
-    start = clock()
-    for t in range(1, steps + 1):
-        env.step(rng.uniform(low, high))
-        if t % horizon == 0:
-            env.reset()
-    elapsed = clock() - start
-    env.close()
-    return steps / elapsed
+    return _random_steps_per_s(env, low, high, horizon, steps, rng, clock)
 
 
 RAW_SIMULATORS = {"robomimic": ("raw robosuite", raw_robosuite), "metaworld": ("raw MetaWorld", raw_metaworld)}
