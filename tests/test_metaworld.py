@@ -166,11 +166,12 @@ def test_project_datamodules_and_lerobot_read_the_data(box_close_data):
 
 @pytest.mark.parametrize("task", TASKS)
 def test_task_overlays_point_online_at_the_pretrain_export(task):
-    pretrain = OmegaConf.load(ROOT / f"conf/tasks/{task}_pretrain.yaml").model.init_args
+    policy = OmegaConf.merge(OmegaConf.load(ROOT / "conf/pretrain.yaml"),
+                             OmegaConf.load(ROOT / f"conf/tasks/{task}_pretrain.yaml")).model.init_args.policy
     online = OmegaConf.load(ROOT / f"conf/tasks/{task}_online.yaml").model.init_args
     assert online.task == task
-    assert online.policy_path == f"outputs/pretrain/{task}_{pretrain.head}_z{pretrain.z_dim}/policy"
-    assert (pretrain.head, pretrain.n_action_steps, pretrain.policy_overrides.flow_num_steps) == ("flow", 2, 5)
+    assert online.policy_path == f"outputs/pretrain/{task}_{policy.head}_z{policy.z_dim}/policy"
+    assert (policy.head, policy.n_action_steps, policy.flow_num_steps) == ("flow", 2, 5)
 
 
 def _metrics(root: Path) -> dict[str, list[float]]:
@@ -200,7 +201,7 @@ def test_tiny_pretrain_and_online_runs_on_box_close(box_close_data, tmp_path):
         model:
           init_args:
             export_dir: {tmp_path / 'policy'}
-            policy_overrides: {{down_dims: [16, 32], vib_hidden_dim: 32, flow_num_steps: 5}}
+            policy: {{down_dims: [16, 32], vib_hidden_dim: 32}}
         data:
           init_args: {{hdf5_path: {out / 'demo.hdf5'}, batch_size: 8, num_workers: 0}}
         """))

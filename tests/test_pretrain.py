@@ -15,14 +15,16 @@ import torch
 
 from zprl.data.datamodule import RobomimicDataModule
 from zprl.data.schema import STATE
+from zprl.policy.configuration_zprl import ZPRLSettings
 from zprl.policy_io import load_policy
 from zprl.pretrain import NonFiniteLossError, PretrainModule
 
-TINY_POLICY = {"down_dims": [16, 32], "vib_hidden_dim": 32, "num_inference_steps": 4, "flow_num_steps": 4}
+TINY_POLICY = {"down_dims": [16, 32], "vib_hidden_dim": 32, "num_inference_steps": 4, "flow_num_steps": 4,
+               "z_dim": 4, "n_action_steps": 4, "scheduler_warmup_steps": 5, "optimizer_lr": 3e-3}
 
 
-def tiny_module(**kwargs) -> PretrainModule:
-    return PretrainModule(z_dim=4, n_action_steps=4, policy_overrides=TINY_POLICY, warmup_steps=5, lr=3e-3, **kwargs)
+def tiny_module(base_policy: str | None = None, export_dir: str | None = None, **fields) -> PretrainModule:
+    return PretrainModule(ZPRLSettings(**{**TINY_POLICY, **fields}), base_policy=base_policy, export_dir=export_dir)
 
 
 def lift_data(root, **kwargs) -> RobomimicDataModule:
@@ -134,9 +136,7 @@ def test_cli_smoke_run_records_an_mlflow_run(tiny_lift_dataset, tmp_path):
                 max_episode_steps: 8
         model:
           init_args:
-            z_dim: 4
-            n_action_steps: 4
-            policy_overrides: {TINY_POLICY}
+            policy: {TINY_POLICY}
         data:
           init_args:
             hdf5_path: {tiny_lift_dataset / 'demo.hdf5'}
@@ -159,7 +159,7 @@ def test_cli_smoke_run_records_an_mlflow_run(tiny_lift_dataset, tmp_path):
     assert run.info.status == "FINISHED"
     expected = {"train/loss", "train/imitation_loss", "train/kl_loss", "val/loss", "eval/success_rate"}
     assert expected <= set(run.data.metrics)
-    assert run.data.params["model.init_args.head"] == "flow"
+    assert run.data.params["model.init_args.policy.head"] == "flow"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"config.yaml", "policy"} <= artifacts
     assert not any(a.startswith("last") for a in artifacts)  # checkpoint upload is opt-in (logger log_model)
@@ -200,8 +200,7 @@ def test_posthoc_vib_on_a_stock_lerobot_diffusion_policy(tiny_lift_dataset, tmp_
     for part in (stock, pre, post):
         part.save_pretrained(source)
 
-    module = PretrainModule(z_dim=4, policy_overrides={"vib_hidden_dim": 32, "vib_num_layers": 1}, lr=3e-3,
-                            warmup_steps=2, base_policy=str(source), export_dir=str(tmp_path / "export"))
+    module = tiny_module(vib_num_layers=1, base_policy=str(source), export_dir=str(tmp_path / "export"))
     trainer(tmp_path, max_steps=5).fit(module, datamodule=data)
     assert module.policy.config.vib_training == "posthoc"
 
@@ -223,3 +222,28 @@ def test_posthoc_vib_on_a_stock_lerobot_diffusion_policy(tiny_lift_dataset, tmp_
     noise = loaded.sample_noise(1, torch.Generator().manual_seed(0))
     torch.testing.assert_close(loaded.select_action(loaded_pre(dict(obs)), noise=noise),
                                stock.select_action(pre(dict(obs)), noise=noise))
+
+
+def test_posthoc_refines_the_vib_of_a_zprl_policy(tiny_lift_dataset, tmp_path):
+    """A trained ZPRLPolicy's own VIB trains on: every other weight stays bitwise, the optimiser is the settings'."""
+    from safetensors.torch import load_file
+
+    data = lift_data(tiny_lift_dataset)
+    trainer(tmp_path, max_steps=3).fit(tiny_module(head="flow", export_dir=str(tmp_path / "source")), datamodule=data)
+    refine = tiny_module(head="flow", beta=1e-3, vib_recon_weight=1.0, optimizer_lr=1e-2,
+                         base_policy=str(tmp_path / "source"), export_dir=str(tmp_path / "refined"))
+    trainer(tmp_path, max_steps=3).fit(refine, datamodule=data)
+    config = refine.policy.config
+    assert (config.vib_training, config.beta, config.vib_recon_weight, config.head) == ("posthoc", 1e-3, 1.0, "flow")
+    assert refine.optimizers().param_groups[0]["initial_lr"] == 1e-2
+
+    before = load_file(tmp_path / "source" / "model.safetensors")
+    after = load_file(tmp_path / "refined" / "model.safetensors")
+    assert set(before) == set(after)
+    assert any(not torch.equal(before[key], after[key]) for key in before if key.startswith("diffusion.vib."))
+    for key in set(before) - {"_extra_state"}:  # _extra_state counts training forwards (the KL warm-up)
+        if not key.startswith("diffusion.vib."):
+            assert torch.equal(before[key], after[key]), key
+
+    with pytest.raises(ValueError, match="z_dim: source 4, settings 8"):
+        trainer(tmp_path, max_steps=1).fit(tiny_module(z_dim=8, base_policy=str(tmp_path / "source")), datamodule=data)

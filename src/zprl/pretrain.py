@@ -15,6 +15,7 @@ import torch
 from diffusers.optimization import get_scheduler
 
 from zprl.data.schema import DatasetSpec
+from zprl.policy.configuration_zprl import ZPRLSettings
 from zprl.rollout import LeRobotRolloutPolicy
 from zprl.tracking import mlflow_loggers
 
@@ -39,25 +40,48 @@ def build_policy(spec: DatasetSpec, stats: dict, n_obs_steps: int, horizon: int,
 
 
 def build_posthoc_policy(source: str, spec: DatasetSpec, n_obs_steps: int, horizon: int,
-                         device: torch.device | str, **vib_fields: Any):
-    """A ZPRLPolicy wrapping a trained LeRobot ``DiffusionPolicy`` (local folder or hub repo id) with a new VIB.
+                         device: torch.device | str, settings: dict[str, Any]):
+    """A trained policy (local folder or hub repo id) made ready to train only its VIB.
 
-    Every non-VIB weight and both processors are the source's; the config is the source's plus
-    ``vib_fields`` with ``vib_training="posthoc"``, so only the VIB trains (its optimiser holds the VIB alone).
+    The source is a LeRobot ``DiffusionPolicy`` (it gets a new VIB of ``settings``' shape) or a ``ZPRLPolicy``
+    (its own VIB is refined, e.g. against the final EMA weights of a decoupled run). Every non-VIB weight and
+    both processors are the source's; the config is the source's plus the VIB loss and optimiser fields of
+    ``settings``, with ``vib_training="posthoc"``, so only the VIB trains.
     """
+    from lerobot.configs.policies import PreTrainedConfig
     from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
     from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
     from lerobot.processor import PolicyProcessorPipeline
     from lerobot.processor.converters import policy_action_to_transition, transition_to_policy_action
 
     from zprl.policy import ZPRLConfig, ZPRLPolicy, zprl_config_for
+    from zprl.policy.configuration_zprl import TRAINING_FIELDS, VIB_ARCHITECTURE_FIELDS, VIB_LOSS_FIELDS
     from zprl.policy_io import POSTPROCESSOR_FILE, PREPROCESSOR_FILE
 
-    base = DiffusionPolicy.from_pretrained(source)
-    fields = {f.name: getattr(base.config, f.name) for f in dataclasses.fields(DiffusionConfig) if f.init}
-    # The backbone's weights come from the source's state dict: never download torchvision's again.
-    fields.update(pretrained_backbone_weights=None, device=str(device))
-    config = ZPRLConfig(**fields, head="diffusion", **{**vib_fields, "vib_training": "posthoc"})
+    source_config = PreTrainedConfig.from_pretrained(source)
+    trained = {name: settings[name] for name in (*VIB_LOSS_FIELDS, *TRAINING_FIELDS)}
+    if isinstance(source_config, ZPRLConfig):
+        differing = [f"{name}: source {getattr(source_config, name)!r}, settings {settings[name]!r}"
+                     for name in VIB_ARCHITECTURE_FIELDS if getattr(source_config, name) != settings[name]]
+        if differing:
+            raise ValueError(f"Refining the VIB of {source} keeps its shape, but the policy settings differ: "
+                             f"{'; '.join(differing)}. Set `model.init_args.policy.<field>` to the source's values.")
+        if not source_config.bottleneck:
+            raise ValueError(f"{source} has no bottleneck (`bottleneck: false`): there is no VIB to train.")
+        base = ZPRLPolicy.from_pretrained(source)
+        config = dataclasses.replace(base.config, **trained, vib_training="posthoc", device=str(device))
+        state_dict = base.state_dict()
+    elif isinstance(source_config, DiffusionConfig):
+        base = DiffusionPolicy.from_pretrained(source)
+        fields = {f.name: getattr(base.config, f.name) for f in dataclasses.fields(DiffusionConfig) if f.init}
+        # The backbone's weights come from the source's state dict: never download torchvision's again.
+        fields.update(pretrained_backbone_weights=None, device=str(device))
+        architecture = {name: settings[name] for name in VIB_ARCHITECTURE_FIELDS}
+        config = ZPRLConfig(**{**fields, **architecture, **trained, "head": "diffusion", "vib_training": "posthoc"})
+        state_dict = base.state_dict()
+    else:
+        raise ValueError(f"{source} holds a {type(source_config).__name__}; the post-hoc VIB plugs into a LeRobot "
+                         "DiffusionPolicy or a zprl ZPRLPolicy.")
     expected = zprl_config_for(spec.state_dim, spec.env_state_dim, spec.action_dim, camera_names=spec.camera_names,
                                image_shape=spec.image_shape)
     for name, ours, theirs in (("input features", expected.input_features, config.input_features),
@@ -67,11 +91,10 @@ def build_posthoc_policy(source: str, spec: DatasetSpec, n_obs_steps: int, horiz
             raise ValueError(f"The base policy {source} has {name} {theirs}, but the data gives {ours}. Point "
                              "`data` at the dataset the base policy was trained on (same keys, n_obs_steps, horizon).")
     policy = ZPRLPolicy(config)
-    missing, unexpected = policy.load_state_dict(base.state_dict(), strict=False)
+    missing, unexpected = policy.load_state_dict(state_dict, strict=False)
     missing = [key for key in missing if not key.startswith("diffusion.vib.") and key != "_extra_state"]
     if missing or unexpected:
-        raise ValueError(f"{source} is not a LeRobot DiffusionPolicy this zprl can wrap: missing {missing}, "
-                         f"unexpected {unexpected}.")
+        raise ValueError(f"{source} is not a policy this zprl can wrap: missing {missing}, unexpected {unexpected}.")
     policy.requires_grad_(False)
     policy.diffusion.vib.requires_grad_(True)
     preprocessor = PolicyProcessorPipeline.from_pretrained(
@@ -102,36 +125,28 @@ class PretrainModule(L.LightningModule):
     LeRobot-format folder (``save_pretrained`` + processors) to ``export_dir`` and logged to MLflow.
 
     Args:
-        head: "diffusion" (DDPM training, DDIM sampling) or "flow" (flow matching, Euler sampling).
-        bottleneck: False is the no-bottleneck ablation (identity path, no KL).
-        z_dim / beta / beta_warmup_steps: VIB latent size and KL weight with linear warm-up.
-        n_action_steps: executed part of each generated chunk.
-        policy_overrides: any other ZPRLConfig field (vib_training, kl_reduction, vib_recon_weight,
-            inference_conditioning, down_dims, flow_num_steps, vision_backbone...).
-        base_policy: post-hoc plug-in: a trained LeRobot DiffusionPolicy (local folder or hub repo id). It is
-            frozen and only a new VIB trains; head / n_action_steps and every non-VIB field come from it.
-        lr / weight_decay / warmup_steps / grad clipping: AdamW with warm-up + cosine decay (clip in Trainer).
+        policy: every `ZPRLConfig` field a run sets (head, bottleneck, z_dim, beta, vib_training, down_dims,
+            flow_num_steps, n_action_steps, ...) and the optimiser preset the exported `config.json` records and
+            training uses: AdamW (`optimizer_lr`, `optimizer_betas`, `optimizer_eps`, `optimizer_weight_decay`)
+            with `scheduler_warmup_steps` of linear warm-up and `scheduler_name` decay (gradient clipping: the
+            Trainer's `gradient_clip_val`). The dataset decides features, `n_obs_steps` and `horizon`.
+        base_policy: post-hoc VIB: a trained LeRobot DiffusionPolicy (a new VIB of `policy`'s shape) or ZPRLPolicy
+            (its VIB refined), as a local folder or hub repo id. It is frozen and only the VIB trains, with
+            `policy`'s VIB loss and optimiser fields; every other field comes from the source.
         export_dir: where the LeRobot-format policy is written (default: <default_root_dir>/policy).
     """
 
-    def __init__(self, head: str = "diffusion", bottleneck: bool = True, z_dim: int = 16, beta: float = 2e-4,
-                 beta_warmup_steps: int = 0, n_action_steps: int = 8, policy_overrides: dict | None = None,
-                 lr: float = 1e-4, weight_decay: float = 1e-6, warmup_steps: int = 500, export_dir: str | None = None,
+    def __init__(self, policy: ZPRLSettings | None = None, export_dir: str | None = None,
                  base_policy: str | None = None):
         super().__init__()
-        self.save_hyperparameters(logger=False)  # the CLI logs the whole config (zprl.tracking)
+        self.save_hyperparameters(logger=False, ignore=["policy"])  # the CLI logs the whole config (zprl.tracking)
+        self.hparams["policy"] = dataclasses.asdict(policy if policy is not None else ZPRLSettings())
         self.policy = None
         self.preprocessor = self.postprocessor = None
         self._spec: DatasetSpec | None = None
         self._stats: dict | None = None
 
     # -- model construction -------------------------------------------------------------------------
-    def policy_config_overrides(self) -> dict[str, Any]:
-        hp = self.hparams
-        return dict(head=hp.head, bottleneck=hp.bottleneck, z_dim=hp.z_dim, beta=hp.beta,
-                    beta_warmup_steps=hp.beta_warmup_steps, n_action_steps=hp.n_action_steps,
-                    **(hp.policy_overrides or {}))
-
     def configure_model(self) -> None:
         """Build the policy and processors on this rank's device (Lightning sets ``self.device`` first)."""
         if self.policy is not None:
@@ -142,17 +157,14 @@ class PretrainModule(L.LightningModule):
                                "(RobomimicDataModule or LeRobotDataModule) to the Trainer / LightningCLI.")
         self._spec, self._stats = datamodule.spec, datamodule.stats
         if self.hparams.base_policy:
-            overrides = self.policy_config_overrides()
-            vib_fields = {key: overrides[key] for key in overrides if key.startswith(("vib_", "kl_")) or key in
-                          ("z_dim", "beta", "beta_warmup_steps", "bottleneck", "inference_conditioning")}
             self.policy, self.preprocessor, self.postprocessor = build_posthoc_policy(
                 self.hparams.base_policy, datamodule.spec, datamodule.n_obs_steps, datamodule.horizon, self.device,
-                **vib_fields)
+                self.hparams.policy)
             self._stats = processor_stats(self.preprocessor)  # the source's normalisation, not the data's
             return
         self.policy, self.preprocessor, self.postprocessor = build_policy(
             datamodule.spec, datamodule.stats, datamodule.n_obs_steps, datamodule.horizon, self.device,
-            **self.policy_config_overrides())
+            **self.hparams.policy)
 
     # -- training -----------------------------------------------------------------------------------
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -177,11 +189,15 @@ class PretrainModule(L.LightningModule):
                       sync_dist=True, batch_size=batch["action"].shape[0])
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=self.hparams.lr,
-                                      weight_decay=self.hparams.weight_decay, betas=(0.95, 0.999))
+        """AdamW and a warm-up + decay schedule, from the policy config's optimiser preset (LeRobot's fields)."""
+        config = self.policy.config
+        optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=config.optimizer_lr,
+                                      betas=tuple(config.optimizer_betas), eps=config.optimizer_eps,
+                                      weight_decay=config.optimizer_weight_decay)
         total = self.trainer.estimated_stepping_batches
         total = int(total) if math.isfinite(total) else 100_000
-        scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(self.hparams.warmup_steps, total // 2),
+        scheduler = get_scheduler(config.scheduler_name, optimizer,
+                                  num_warmup_steps=min(config.scheduler_warmup_steps, total // 2),
                                   num_training_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

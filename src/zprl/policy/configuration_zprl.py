@@ -1,7 +1,9 @@
 """Configuration of the ZPRL policy: LeRobot's diffusion policy plus a variational information bottleneck."""
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, get_type_hints
 
 from lerobot.configs import PreTrainedConfig
 from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
@@ -194,3 +196,37 @@ def zprl_config_for(
     config = ZPRLConfig(input_features=input_features, output_features=output_features, **overrides)
     config.validate_features()
     return config
+
+
+# Fields a dataset, the runtime or the hub upload decides, so a training run does not set them.
+DATA_DECIDED_FIELDS = frozenset({
+    "input_features", "output_features", "n_obs_steps", "horizon", "normalization_mapping", "device",
+    "pretrained_path", "pretrained_revision", "push_to_hub", "repo_id", "private", "tags", "license", "use_peft",
+})
+# The VIB's shape (fixed by a trained VIB's weights) and its loss (free to change when a VIB is refined).
+VIB_ARCHITECTURE_FIELDS = ("bottleneck", "z_dim", "vib_hidden_dim", "vib_num_layers", "vib_activation")
+VIB_LOSS_FIELDS = ("beta", "kl_reduction", "vib_recon_weight", "beta_warmup_steps", "inference_conditioning")
+TRAINING_FIELDS = ("optimizer_lr", "optimizer_betas", "optimizer_eps", "optimizer_weight_decay", "scheduler_name",
+                   "scheduler_warmup_steps")
+
+
+def _settings_fields() -> list[tuple[str, Any, Any]]:
+    hints = get_type_hints(ZPRLConfig)
+    hints["optimizer_betas"] = tuple[float, float]  # LeRobot annotates a bare `tuple`
+    fields = []
+    for spec in dataclasses.fields(ZPRLConfig):
+        if not spec.init or spec.name in DATA_DECIDED_FIELDS:
+            continue
+        default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+        fields.append((spec.name, hints[spec.name], dataclasses.field(default=default)))
+    return fields
+
+
+ZPRLSettings = dataclasses.make_dataclass("ZPRLSettings", _settings_fields(), module=__name__)
+ZPRLSettings.__doc__ = """The `ZPRLConfig` fields a training run sets, with `ZPRLConfig`'s defaults (see its `Args`).
+
+Generated from `ZPRLConfig`, so the two never disagree; the fields the dataset decides (features, `n_obs_steps`,
+`horizon`, normalisation) and the hub-upload fields are left out. `PretrainModule(policy=...)` takes one, so a
+config's `model.init_args.policy:` mapping is the one place for every policy and optimiser value, and the
+exported `config.json` records exactly what trained.
+"""
