@@ -11,7 +11,7 @@ success; the faithful-recipe target is >= -0.05). Other arguments go to Lightnin
         --data.init_args.filter_key=expert+noisy --trainer.max_steps=8000
     OMP_NUM_THREADS=1 uv run python benchmarks/pretrain_quality.py --task box_close --data data/box_close_mh \
         --config conf/tasks/box_close_pretrain.yaml \
-        --model.init_args.policy_overrides='{down_dims: [64, 128, 256], flow_num_steps: 5}'
+        --model.init_args.policy.flow_num_steps=5
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ AUC over the run's evaluations (ties: the higher final success); run the 3-seed 
     uv run python benchmarks/steering_sweep.py --task lift -- --model.init_args.total_env_steps=100000
 
 Default grids (the issue's, in the authors' units): latent 0.1, 0.2, 0.4; action 0.05, 0.1, 0.2; noise 1, 1.5, 2.
+The runs go round-robin over the methods, each grid in the order given (the defaults start with the authors'
+value: 0.2, 0.1, 1.5), so a sweep stopped early has already compared every method at its authors' setting.
 Anything after ``--`` goes to every run's LightningCLI.
 """
 
@@ -28,7 +30,7 @@ from zprl.online.compare import run_comparison
 
 METHODS = {name: Path(__file__).resolve().parents[1] / "conf" / "methods" / f"{name}.yaml"
            for name in ("zprl", "action_residual", "noise_steering")}
-GRIDS = {"zprl": (0.1, 0.2, 0.4), "action_residual": (0.05, 0.1, 0.2), "noise_steering": (1.0, 1.5, 2.0)}
+GRIDS = {"zprl": (0.2, 0.1, 0.4), "action_residual": (0.1, 0.05, 0.2), "noise_steering": (1.5, 1.0, 2.0)}
 SEPARATOR = "-"  # method_name of a sweep point: <method>-<bound> (MLflow metric keys allow "-")
 
 
@@ -44,11 +46,17 @@ def parse_grid(items: list[str]) -> dict[str, tuple[float, ...]]:
 
 
 def write_overlays(grids: dict[str, tuple[float, ...]], out_dir: Path) -> list[str]:
-    """One overlay per (method, bound): the method's overlay with ``steering_scale`` and ``method_name`` set."""
+    """One overlay per (method, bound): the method's overlay with ``steering_scale`` and ``method_name`` set.
+
+    Listed round-robin: every method's first bound, then every method's second, and so on.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for method, values in grids.items():
-        for value in values:
+    for rank in range(max(map(len, grids.values()))):
+        for method, values in grids.items():
+            if rank >= len(values):
+                continue
+            value = values[rank]
             config = OmegaConf.merge(OmegaConf.load(METHODS[method]), {"model": {"init_args": {
                 "method_name": f"{method}{SEPARATOR}{value:g}", "steering_scale": value}}})
             path = out_dir / f"{method}_{value:g}.yaml"

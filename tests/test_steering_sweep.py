@@ -28,9 +28,10 @@ def test_overlays_set_each_methods_bound_and_a_distinct_name(sweep, tmp_path):
     paths = sweep.write_overlays(grids, tmp_path)
     assert len(paths) == 2 + 3 + 3
     names = [method_name(p) for p in paths]
-    assert names[:3] == ["zprl-0.5", "zprl-1", "action_residual-0.05"]
-    action = OmegaConf.load(paths[2]).model.init_args
-    assert action.steering == "action" and action.steering_scale == 0.05 and action.action_schedule_fraction == 0.05
+    # round-robin, each grid in its order (the defaults start with the authors' value)
+    assert names[:4] == ["zprl-0.5", "action_residual-0.1", "noise_steering-1.5", "zprl-1"]
+    action = OmegaConf.load(paths[1]).model.init_args
+    assert action.steering == "action" and action.steering_scale == 0.1 and action.action_schedule_fraction == 0.05
     assert os.path.basename(paths[-1]) == "noise_steering_2.yaml"
     with pytest.raises(ValueError, match="METHOD=V1"):
         sweep.parse_grid(["latent=0.1"])

@@ -4,7 +4,7 @@ Importing this package registers the policy type "zprl" with LeRobot, so lerobot
 `make_policy_config("zprl")`, `get_policy_class("zprl")` and `make_pre_post_processors` resolve it.
 """
 
-from .configuration_zprl import ZPRLConfig, zprl_config_for
+from .configuration_zprl import ZPRLConfig, ZPRLSettings, zprl_config_for
 from .modeling_zprl import LatentEncoding, ZPRLModel, ZPRLPolicy
 from .processor_zprl import make_zprl_pre_post_processors
 from .vib import VariationalBottleneck
@@ -15,6 +15,7 @@ __all__ = [
     "ZPRLConfig",
     "ZPRLModel",
     "ZPRLPolicy",
+    "ZPRLSettings",
     "make_zprl_pre_post_processors",
     "zprl_config_for",
 ]
