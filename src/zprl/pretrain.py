@@ -18,7 +18,7 @@ from zprl.data.schema import DatasetSpec
 from zprl.rollout import LeRobotRolloutPolicy
 from zprl.tracking import mlflow_loggers
 
-CHECKPOINT_KEY = "zprl"
+PRETRAIN_CHECKPOINT_KEY = "zprl"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -213,7 +213,7 @@ class PretrainModule(L.LightningModule):
 
         Only JSON strings and tensors, so Lightning's ``weights_only`` resume can read the checkpoint.
         """
-        checkpoint[CHECKPOINT_KEY] = {
+        checkpoint[PRETRAIN_CHECKPOINT_KEY] = {
             "policy_config": json.dumps(draccus.encode(self.policy.config)),
             "dataset_spec": json.dumps(dataclasses.asdict(self._spec), default=str),
             "dataset_stats": {key: {name: torch.as_tensor(np.asarray(value)) for name, value in stat.items()}
@@ -222,7 +222,7 @@ class PretrainModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to resume on data whose shapes differ from the checkpoint's, naming both."""
-        saved = json.loads(checkpoint[CHECKPOINT_KEY]["dataset_spec"])
+        saved = json.loads(checkpoint[PRETRAIN_CHECKPOINT_KEY]["dataset_spec"])
         for field in ("state_dim", "env_state_dim", "action_dim", "camera_names"):
             now = getattr(self._spec, field)
             if (list(now) if isinstance(now, tuple) else now) != saved[field]:

@@ -19,7 +19,7 @@ from zprl.online.sac import SAC, SACConfig
 from zprl.online.steering import make_steering
 from zprl.policy_io import check_policy_matches_env, load_policy, policy_cameras
 
-CHECKPOINT_KEY = "zprl_online"
+ONLINE_CHECKPOINT_KEY = "zprl_online"
 CHECKPOINT_FORMAT = 2  # 2: vectorised critic ensemble and the authors' SAC (2026-11-28)
 EVAL_SEED_OFFSET = 100_000  # evaluation episodes use seeds disjoint from the training resets
 
@@ -284,7 +284,7 @@ class OnlineRLModule(L.LightningModule):
     # -- checkpoints ----------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Add what the weights and optimiser states do not hold: buffer, counters and generator states."""
-        checkpoint[CHECKPOINT_KEY] = {
+        checkpoint[ONLINE_CHECKPOINT_KEY] = {
             "format": CHECKPOINT_FORMAT,
             "policy_path": str(self.hparams.policy_path),
             "transitions": self.transitions,
@@ -298,14 +298,14 @@ class OnlineRLModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if CHECKPOINT_KEY not in checkpoint:
-            raise KeyError(f"Not an OnlineRLModule checkpoint (no {CHECKPOINT_KEY!r} entry).")
-        if checkpoint[CHECKPOINT_KEY].get("format") != CHECKPOINT_FORMAT:
+        if ONLINE_CHECKPOINT_KEY not in checkpoint:
+            raise KeyError(f"Not an OnlineRLModule checkpoint (no {ONLINE_CHECKPOINT_KEY!r} entry).")
+        if checkpoint[ONLINE_CHECKPOINT_KEY].get("format") != CHECKPOINT_FORMAT:
             raise ValueError(
                 "This online checkpoint was written by zprl before 2026-11-28 (per-critic MLPs and the earlier SAC); "
                 "its weights do not fit the vectorised critic ensemble and the authors' SAC. Start the run anew "
                 "without --ckpt_path (the pretrained policy is unaffected).")
-        self._restored = checkpoint[CHECKPOINT_KEY]
+        self._restored = checkpoint[ONLINE_CHECKPOINT_KEY]
         if self.collector is not None:  # strategies that restore after setup
             self._restore(self._restored)
 
