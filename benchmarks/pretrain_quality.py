@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from zprl.envs import make_vector_env
-from zprl.evaluation import Evaluator
+from zprl.evaluation import EVAL_SEED_OFFSET, Evaluator
 from zprl.policy_io import load_policy
 from zprl.rollout import LeRobotRolloutPolicy
 
@@ -68,7 +68,7 @@ def main() -> None:
         eval_start = time.time()
         envs = make_vector_env(args.task, args.num_envs)
         try:
-            result = Evaluator(envs, args.episodes, seed=100_000).evaluate(
+            result = Evaluator(envs, args.episodes, seed=EVAL_SEED_OFFSET).evaluate(
                 LeRobotRolloutPolicy(policy, pre, post, policy.config.device))
         finally:
             envs.close()

@@ -11,6 +11,7 @@ import pytest
 
 from zprl.data import schema
 from zprl.envs import TASKS, make_env, make_vector_env
+from zprl.evaluation import EVAL_SEED_OFFSET
 
 OBS_KEYS = {"observation.state", "observation.environment_state"}
 
@@ -116,7 +117,7 @@ def test_each_robomimic_env_owns_its_placement_rng():
     train.reset(seed=0)
     alone = train.reset()[0][cube]
     train.reset(seed=0)
-    evaluation.reset(seed=100_000)
+    evaluation.reset(seed=EVAL_SEED_OFFSET)
     after_eval = train.reset()[0][cube]
     np.testing.assert_array_equal(after_eval, alone)  # the training stream continues as if alone
     assert not np.allclose(after_eval, evaluation.reset()[0][cube])

@@ -13,6 +13,7 @@ import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from zprl.evaluation import EVAL_SEED_OFFSET
 from zprl.progress import phase
 
 EXPERIMENT = "zprl-evaluate"
@@ -26,7 +27,7 @@ class EvaluateOptions:
     task: str = "lift"
     episodes: int = 50
     num_envs: int = 4
-    seed: int = 100_000
+    seed: int = EVAL_SEED_OFFSET
     device: str | None = None  # None: cuda when available
     video_dir: str | None = None
     experiment: str = EXPERIMENT

@@ -16,6 +16,11 @@ from gymnasium.vector import AutoresetMode
 
 log = logging.getLogger(__name__)
 
+# Evaluation episodes start at this seed (plus a run's seed): disjoint from the training resets, which count up
+# from the run's seed by env steps. Latent-analysis rollouts (zprl.online.analysis) start at their own.
+EVAL_SEED_OFFSET = 100_000
+ANALYSIS_SEED_OFFSET = 200_000
+
 
 @runtime_checkable
 class RolloutPolicy(Protocol):

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from zprl.envs import make_vector_env
-from zprl.evaluation import Evaluator
+from zprl.evaluation import EVAL_SEED_OFFSET, Evaluator
 from zprl.online.collector import ChunkCollector, SteeredAgent, SteeredRolloutPolicy
 from zprl.online.replay_buffer import ReplayBuffer
 from zprl.online.sac import SAC, SACConfig
@@ -21,7 +21,6 @@ from zprl.policy_io import check_policy_matches_env, load_policy, policy_cameras
 
 ONLINE_CHECKPOINT_KEY = "zprl_online"
 CHECKPOINT_FORMAT = 2  # 2: vectorised critic ensemble and the authors' SAC (2026-11-28)
-EVAL_SEED_OFFSET = 100_000  # evaluation episodes use seeds disjoint from the training resets
 
 
 class FrozenPolicy(NamedTuple):
