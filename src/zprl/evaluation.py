@@ -12,7 +12,8 @@ from typing import Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.vector import AutoresetMode
+
+from zprl.envs.vector import info_flag, require_next_step_autoreset
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +114,7 @@ class Evaluator:
                  video_fps: int = 20):
         if num_episodes < 1:
             raise ValueError(f"num_episodes must be >= 1, got {num_episodes}.")
-        mode = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
-        if AutoresetMode(mode) != AutoresetMode.NEXT_STEP:
-            raise ValueError(f"Evaluator needs a vector env with autoreset_mode=NEXT_STEP, got {mode}; "
-                             "build it with zprl.envs.make_vector_env or leave Gymnasium's default.")
+        require_next_step_autoreset(envs, "Evaluator")
         self.envs = envs
         self.num_episodes = num_episodes
         self.seed = seed
@@ -177,8 +175,8 @@ class Evaluator:
             for i in np.flatnonzero(running):
                 actions[i].append(action[i])
                 returns[i] += reward[i]
-            success |= running & _info_flag(info, "is_success", num_envs)
-            crashed |= running & _info_flag(info, "env_crashed", num_envs)
+            success |= running & info_flag(info, "is_success", num_envs)
+            crashed |= running & info_flag(info, "env_crashed", num_envs)
             if record and running[0]:
                 frames.append(self._render_env0())
             self._env_steps += int(running.sum())
@@ -212,10 +210,3 @@ class Evaluator:
             path = path.with_suffix(".gif")
             iio.imwrite(path, video, plugin="pillow", duration=1000 / self.video_fps, loop=0)
         return str(path)
-
-
-def _info_flag(info: dict, key: str, num_envs: int) -> np.ndarray:
-    """A boolean per env from a vector env's info dict (False where the key is absent or masked out)."""
-    if key not in info:
-        return np.zeros(num_envs, dtype=bool)
-    return np.asarray(info[key], dtype=bool) & np.asarray(info.get(f"_{key}", True), dtype=bool)
