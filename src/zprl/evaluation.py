@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 import gymnasium as gym
 import numpy as np
 
-from zprl.envs.vector import info_flag, require_next_step_autoreset
+from zprl.envs.vector import episode_succeeded, info_flag, require_next_step_autoreset
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ class Evaluator:
     Episode ``i`` starts from ``reset(seed=seed + i)``, so results are reproducible for a deterministic
     policy. Each round resets all envs, calls ``policy.reset()`` and steps until every env of the round
     is done; an env that finished earlier keeps being stepped (the vector env auto-resets it) but its
-    transitions are ignored. Success = any ``info["is_success"]`` in the episode. With ``video_dir``, the
+    transitions are ignored. Success: the episode terminated with ``info["is_success"]`` (see
+    :func:`zprl.envs.vector.episode_succeeded`, the collector's rule too). With ``video_dir``, the
     first episode of each round in env 0 is rendered (envs need ``render_mode="rgb_array"``; the vector
     env renders all its envs, so video slows evaluation) and written as mp4 (gif if no encoder works).
 
@@ -175,7 +176,7 @@ class Evaluator:
             for i in np.flatnonzero(running):
                 actions[i].append(action[i])
                 returns[i] += reward[i]
-            success |= running & info_flag(info, "is_success", num_envs)
+            success |= running & episode_succeeded(terminated, info)
             crashed |= running & info_flag(info, "env_crashed", num_envs)
             if record and running[0]:
                 frames.append(self._render_env0())

@@ -25,3 +25,14 @@ def info_flag(info: dict, key: str, num_envs: int) -> np.ndarray:
     if key not in info:
         return np.zeros(num_envs, dtype=bool)
     return np.asarray(info[key], dtype=bool) & np.asarray(info.get(f"_{key}", True), dtype=bool)
+
+
+def episode_succeeded(terminated: np.ndarray, info: dict) -> np.ndarray:
+    """Per env: whether its episode ended in success at this step (the one success rule of zprl's rollouts).
+
+    Success terminates every zprl task with ``info["is_success"]``; a time-limit truncation, a termination
+    without success and a simulator crash (``info["env_crashed"]``, a truncation) never count.
+    """
+    terminated = np.asarray(terminated, dtype=bool)
+    num_envs = len(terminated)
+    return terminated & info_flag(info, "is_success", num_envs) & ~info_flag(info, "env_crashed", num_envs)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from zprl.envs.vector import info_flag, require_next_step_autoreset
+from zprl.envs.vector import episode_succeeded, info_flag, require_next_step_autoreset
 from zprl.online.replay_buffer import Transitions
 from zprl.online.sac import Actor
 from zprl.online.steering import Steering, SteeringContext
@@ -339,6 +339,7 @@ class ChunkCollector:
 
         ended = live & (terminated | truncated)
         crashed = ended & info_flag(info, "env_crashed", n)
+        succeeded = ended & episode_succeeded(terminated, info)
         self.agent.history.push(obs, live)
         self.agent.history.start(obs, self.resetting)
         # A bootstrapped truncation needs the last observation; terminal chunks need no next obs.
@@ -353,7 +354,7 @@ class ChunkCollector:
 
         for i in np.flatnonzero(ended):
             stats.episode_returns.append(float(self.episode_return[i]))
-            stats.episode_successes.append(bool(terminated[i] and not crashed[i]))
+            stats.episode_successes.append(bool(succeeded[i]))
         stats.env_crashes += int(crashed.sum())
         self.episodes += int(ended.sum())
         self.env_crashes += int(crashed.sum())
