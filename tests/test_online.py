@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from zprl.envs import make_env, make_vector_env
 from zprl.evaluation import Evaluator
+from zprl.evaluation_callback import RolloutEvalCallback
 from zprl.online.collector import ChunkCollector, SteeredAgent, SteeredRolloutPolicy
 from zprl.online.module import OnlineRLModule
 from zprl.online.replay_buffer import ReplayBuffer, Transitions
@@ -424,6 +425,17 @@ def _state(module):
     return {"env_steps": module.env_steps, "buffer": len(module.buffer), "updates": module.num_updates,
             "actor": {k: v.clone() for k, v in module.sac.actor.state_dict().items()},
             "optim": copy.deepcopy([o.state_dict() for o in module.trainer.optimizers])}
+
+
+def test_rollout_eval_callback_serves_the_online_module(policy_dir):
+    module = _module(policy_dir, total_env_steps=64)
+    callback = RolloutEvalCallback("pusht", num_episodes=3, num_envs=2, max_episode_steps=5, progress=False)
+    try:
+        result = callback.evaluate(module)
+    finally:
+        callback.teardown(None, module, "fit")
+    assert result.num_episodes == 3 and result.lengths == [5, 5, 5]
+    assert module.training  # restored after the rollouts
 
 
 def test_fit_checkpoints_and_resumes_exactly(policy_dir, tmp_path):

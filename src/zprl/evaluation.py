@@ -34,6 +34,14 @@ class RolloutPolicy(Protocol):
         """Actions of shape (num_envs, action_dim) in env units for observations batched over num_envs."""
 
 
+@runtime_checkable
+class RolloutSource(Protocol):
+    """A module whose current policy can be rolled out (PretrainModule, OnlineRLModule): RolloutEvalCallback's hook."""
+
+    def rollout_policy(self, num_envs: int) -> RolloutPolicy:
+        """The current policy acting in ``num_envs`` lockstep envs (deterministic where the method allows)."""
+
+
 def smoothness_metrics(actions: np.ndarray) -> dict[str, float]:
     """Smoothness of one episode's actions (T, A).
 

@@ -186,8 +186,11 @@ class PretrainModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- rollouts and export ------------------------------------------------------------------------
-    def rollout_policy(self) -> LeRobotRolloutPolicy:
-        """The current policy as a RolloutPolicy for the evaluator (eval mode, mean latent)."""
+    def rollout_policy(self, num_envs: int = 1) -> LeRobotRolloutPolicy:
+        """The current policy as a RolloutPolicy for the evaluator (eval mode, mean latent).
+
+        ``num_envs`` is not needed: LeRobot's observation and action queues batch over any number of envs.
+        """
         self.policy.eval()
         return LeRobotRolloutPolicy(self.policy, self.preprocessor, self.postprocessor, self.device)
 
