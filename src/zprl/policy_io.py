@@ -148,13 +148,14 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", strict: bo
     return policy, preprocessor, postprocessor
 
 
-def policy_cameras(config) -> tuple[tuple[str, ...], int]:
-    """The env cameras a policy config expects (``observation.images.<cam>``) and their square size."""
+def env_kwargs_for(config) -> dict:
+    """``make_env`` / ``make_vector_env`` settings a policy config needs: the cameras it expects
+    (``observation.images.<cam>``) and their square size (84, the envs' default, without cameras)."""
     from zprl.data.schema import IMAGE_PREFIX
 
     cameras = tuple(key.removeprefix(IMAGE_PREFIX) for key in config.image_features)
     size = next(iter(config.image_features.values())).shape[-1] if cameras else 84
-    return cameras, size
+    return {"camera_names": cameras, "camera_size": size}
 
 
 def check_policy_matches_env(config, observation_space, action_space) -> None:

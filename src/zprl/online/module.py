@@ -17,7 +17,7 @@ from zprl.online.collector import ChunkCollector, SteeredAgent, SteeredRolloutPo
 from zprl.online.replay_buffer import ReplayBuffer
 from zprl.online.sac import SAC, SACConfig
 from zprl.online.steering import make_steering
-from zprl.policy_io import check_policy_matches_env, load_policy, policy_cameras
+from zprl.policy_io import check_policy_matches_env, env_kwargs_for, load_policy
 
 ONLINE_CHECKPOINT_KEY = "zprl_online"
 CHECKPOINT_FORMAT = 2  # 2: vectorised critic ensemble and the authors' SAC (2026-11-28)
@@ -148,8 +148,7 @@ class OnlineRLModule(L.LightningModule):
 
     def env_kwargs(self) -> dict:
         """Settings of the training and evaluation envs: the policy's cameras and the episode limit."""
-        cameras, size = policy_cameras(self.frozen.policy.config)
-        return {"camera_names": list(cameras), "camera_size": size, "max_episode_steps": self.hparams.max_episode_steps}
+        return {**env_kwargs_for(self.frozen.policy.config), "max_episode_steps": self.hparams.max_episode_steps}
 
     # -- setup ----------------------------------------------------------------------------------------
     def train_dataloader(self):
