@@ -34,7 +34,7 @@ from zprl.envs import make_vector_env
 from zprl.evaluation import Evaluator
 from zprl.online.collector import SteeredAgent, SteeredRolloutPolicy
 from zprl.online.steering import Steering, make_steering
-from zprl.policy_io import load_policy, policy_cameras
+from zprl.policy_io import env_kwargs_for, load_policy
 
 
 class RandomActor:
@@ -115,9 +115,8 @@ def main() -> None:
     frozen = load_policy(args.policy)
     policy = frozen[0]
     latent = make_steering("latent", policy, args.latent_scale, conditioning="latent", latent_centre="mean")
-    cameras, size = policy_cameras(policy.config)
     envs = make_vector_env(args.task, args.num_envs, asynchronous=args.num_envs > 1,
-                           max_episode_steps=args.max_episode_steps, camera_names=cameras, camera_size=size)
+                           max_episode_steps=args.max_episode_steps, **env_kwargs_for(policy.config))
     try:
         # Calibrate: the displacement of the latent residual at lambda, then lambda_a by the secant rule from a
         # small reference scale (the action residual is linear in lambda_a up to the [-1, 1] clamp), refined once.

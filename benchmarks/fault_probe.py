@@ -492,9 +492,9 @@ def killed_run_config(fx: Fixtures) -> Path:
 
 
 def _env_steps(checkpoint: Path) -> int:
-    from zprl.online.module import CHECKPOINT_KEY
+    from zprl.online.module import ONLINE_CHECKPOINT_KEY
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)[CHECKPOINT_KEY]
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)[ONLINE_CHECKPOINT_KEY]
     return state["collector"]["env_steps"]
 
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from zprl.envs import make_vector_env
-from zprl.evaluation import Evaluator
-from zprl.policy_io import load_policy
+from zprl.evaluation import EVAL_SEED_OFFSET, Evaluator
+from zprl.policy_io import env_kwargs_for, load_policy
 from zprl.rollout import LeRobotRolloutPolicy
 
 QUALITY_BAR = 0.60
@@ -66,9 +66,9 @@ def main() -> None:
     for conditioning in args.conditioning:
         policy.config.inference_conditioning = conditioning
         eval_start = time.time()
-        envs = make_vector_env(args.task, args.num_envs)
+        envs = make_vector_env(args.task, args.num_envs, **env_kwargs_for(policy.config))
         try:
-            result = Evaluator(envs, args.episodes, seed=100_000).evaluate(
+            result = Evaluator(envs, args.episodes, seed=EVAL_SEED_OFFSET).evaluate(
                 LeRobotRolloutPolicy(policy, pre, post, policy.config.device))
         finally:
             envs.close()

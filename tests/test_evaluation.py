@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from zprl.envs import make_vector_env
-from zprl.evaluation import EvalResult, Evaluator, RolloutPolicy, smoothness_metrics
+from zprl.evaluation import EvalResult, Evaluator, RolloutPolicy, RolloutSource, smoothness_metrics
 from zprl.evaluation_callback import RolloutEvalCallback
 
 
@@ -180,7 +180,7 @@ def test_evaluator_writes_video(tmp_path):
 
 
 class RolloutModule(pl.LightningModule):
-    """A trivial trainable module exposing ``rollout_policy()`` as zprl's modules do."""
+    """A trivial trainable module exposing ``rollout_policy(num_envs)`` as zprl's modules do."""
 
     def __init__(self):
         super().__init__()
@@ -197,10 +197,20 @@ class RolloutModule(pl.LightningModule):
     def train_dataloader(self):
         return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(2, 1)), batch_size=2)
 
-    def rollout_policy(self):
+    def rollout_policy(self, num_envs):
         self.policy_modes.append((self.training, torch.is_grad_enabled()))
         self.rollout_weights.append(self.layer.weight.detach().clone())
         return FirstObsPolicy()
+
+
+def test_zprl_modules_are_rollout_sources():
+    from zprl.online.module import OnlineRLModule
+    from zprl.pretrain import PretrainModule
+
+    assert issubclass(PretrainModule, RolloutSource) and issubclass(OnlineRLModule, RolloutSource)
+    assert isinstance(RolloutModule(), RolloutSource) and not isinstance(torch.nn.Linear(1, 1), RolloutSource)
+    with pytest.raises(TypeError, match="RolloutSource"):
+        RolloutEvalCallback("reach").evaluate(pl.LightningModule())
 
 
 def test_callback_logs_eval_metrics(tmp_path):

@@ -13,6 +13,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from zprl.envs import make_env, make_vector_env
+from zprl.evaluation import Evaluator
+from zprl.evaluation_callback import RolloutEvalCallback
 from zprl.online.collector import ChunkCollector, SteeredAgent, SteeredRolloutPolicy
 from zprl.online.module import OnlineRLModule
 from zprl.online.replay_buffer import ReplayBuffer, Transitions
@@ -333,6 +335,49 @@ def test_collector_drops_crashed_chunks_and_continues(frozen):
     envs.close()
 
 
+class _ScriptedOutcomes(gym.Env):
+    """PushT-shaped observations; the reset seed fixes how the episode ends: ``PLANS[seed] = (step, outcome)``.
+
+    "fail" terminates without success (no zprl task does, so the collector used to count it as a success);
+    unseeded (auto-)resets run on past the test.
+    """
+
+    PLANS = {10: (2, "fail"), 11: (4, "crash"), 12: (9, "success"), 13: (3, "success")}
+    observation_space = gym.spaces.Dict({"observation.state": gym.spaces.Box(-1, 1, (2,), np.float32),
+                                         "observation.environment_state": gym.spaces.Box(-1, 1, (16,), np.float32)})
+    action_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.last_step, self.outcome = self.PLANS.get(seed, (100, "fail"))
+        self.t = 0
+        return self._obs(), {"is_success": False}
+
+    def step(self, action):
+        self.t += 1
+        done = self.t == self.last_step
+        success = done and self.outcome == "success"
+        if done and self.outcome == "crash":
+            return self._obs(), 0.0, False, True, {"is_success": False, "env_crashed": True}
+        return self._obs(), float(success), done, False, {"is_success": success}
+
+    def _obs(self):
+        return {key: np.full(space.shape, 0.1 * self.t, np.float32) for key, space in self.observation_space.items()}
+
+
+def test_collector_and_evaluator_count_the_same_successes(frozen):
+    # seeds 10..13: fails at step 2, crashes at step 4, cut by the 5-step limit, succeeds at step 3
+    envs = gym.vector.SyncVectorEnv([lambda: gym.wrappers.TimeLimit(_ScriptedOutcomes(), 5)] * 4)
+    agent = SteeredAgent(*frozen, make_steering("none", frozen[0], 0.0), 4)
+    result = Evaluator(envs, num_episodes=4, seed=10, progress=False).evaluate(SteeredRolloutPolicy(agent, None))
+    assert result.successes == [False, False, False, True] and result.env_crashes == 1
+    # The collector resets the envs with seeds 10..13 too; 17 live env steps end exactly those four episodes
+    # (in the order fail, success, crash, time limit).
+    _, _, stats = _collect(frozen, envs, steps=17, seed=10)
+    assert stats.episode_successes == [False, True, False, False] and stats.env_crashes == 1
+    envs.close()
+
+
 def test_steered_rollout_with_zero_actor_equals_base(frozen):
     envs = make_vector_env("pusht", 2, asynchronous=False)
     actions = {}
@@ -380,6 +425,17 @@ def _state(module):
     return {"env_steps": module.env_steps, "buffer": len(module.buffer), "updates": module.num_updates,
             "actor": {k: v.clone() for k, v in module.sac.actor.state_dict().items()},
             "optim": copy.deepcopy([o.state_dict() for o in module.trainer.optimizers])}
+
+
+def test_rollout_eval_callback_serves_the_online_module(policy_dir):
+    module = _module(policy_dir, total_env_steps=64)
+    callback = RolloutEvalCallback("pusht", num_episodes=3, num_envs=2, max_episode_steps=5, progress=False)
+    try:
+        result = callback.evaluate(module)
+    finally:
+        callback.teardown(None, module, "fit")
+    assert result.num_episodes == 3 and result.lengths == [5, 5, 5]
+    assert module.training  # restored after the rollouts
 
 
 def test_fit_checkpoints_and_resumes_exactly(policy_dir, tmp_path):

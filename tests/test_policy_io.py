@@ -8,7 +8,7 @@ import pytest
 
 from zprl.cli import zprl_main
 from zprl.envs import make_env
-from zprl.policy_io import check_policy_matches_env, load_policy
+from zprl.policy_io import check_policy_matches_env, env_kwargs_for, load_policy
 
 
 def test_policy_env_mismatch_is_reported(tiny_reach_policy):
@@ -18,6 +18,20 @@ def test_policy_env_mismatch_is_reported(tiny_reach_policy):
     with pytest.raises(ValueError, match="Shape mismatch for 'observation.environment_state'"):
         check_policy_matches_env(policy.config, pusht.observation_space, pusht.action_space)
     assert not policy.training and not any(p.requires_grad for p in policy.parameters())
+
+
+def test_env_kwargs_give_an_image_policy_its_cameras():
+    from zprl.policy import zprl_config_for
+
+    state_only = zprl_config_for(9, 10, 7)
+    assert env_kwargs_for(state_only) == {"camera_names": (), "camera_size": 84}
+    image = zprl_config_for(9, 10, 7, camera_names=("agentview",), image_shape=(3, 64, 64))
+    assert env_kwargs_for(image) == {"camera_names": ("agentview",), "camera_size": 64}
+    env = make_env("lift", **env_kwargs_for(image))
+    try:
+        check_policy_matches_env(image, env.observation_space, env.action_space)
+    finally:
+        env.close()
 
 
 def test_incomplete_export_names_what_is_missing(tiny_reach_policy, tmp_path):

@@ -133,9 +133,10 @@ model:
 
 
 def _env_steps(checkpoint: Path) -> int:
-    from zprl.online.module import CHECKPOINT_KEY
+    from zprl.online.module import ONLINE_CHECKPOINT_KEY
 
-    return torch.load(checkpoint, map_location="cpu", weights_only=True)[CHECKPOINT_KEY]["collector"]["env_steps"]
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)[ONLINE_CHECKPOINT_KEY]
+    return state["collector"]["env_steps"]
 
 
 @pytest.fixture(scope="module")

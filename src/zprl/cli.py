@@ -102,6 +102,8 @@ def int_at_least(low: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from zprl.evaluation import EVAL_SEED_OFFSET
+
     parser = argparse.ArgumentParser(prog="zprl", description=__doc__)
     parser.add_argument("--verbose", action="store_true",
                         help="show every log message and warning (same as ZPRL_LOG_LEVEL=DEBUG)")
@@ -129,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--episodes", type=int_at_least(1), default=50)
     ev.add_argument("--num-envs", type=int_at_least(1), default=min(4, os.cpu_count() or 1),
                     help="envs in parallel worker processes (default: min(4, CPU cores))")
-    ev.add_argument("--seed", type=int_at_least(0), default=100_000)
+    ev.add_argument("--seed", type=int_at_least(0), default=EVAL_SEED_OFFSET)
     ev.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     ev.add_argument("--video-dir", default=None, help="write videos here (and log them to MLflow)")
     ev.add_argument("--experiment", default="zprl-evaluate", help="MLflow experiment")

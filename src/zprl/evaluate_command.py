@@ -13,6 +13,7 @@ import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from zprl.evaluation import EVAL_SEED_OFFSET
 from zprl.progress import phase
 
 EXPERIMENT = "zprl-evaluate"
@@ -26,7 +27,7 @@ class EvaluateOptions:
     task: str = "lift"
     episodes: int = 50
     num_envs: int = 4
-    seed: int = 100_000
+    seed: int = EVAL_SEED_OFFSET
     device: str | None = None  # None: cuda when available
     video_dir: str | None = None
     experiment: str = EXPERIMENT
@@ -47,17 +48,16 @@ def run_evaluate(options: EvaluateOptions) -> dict:
 
         from zprl.envs import get_task, make_vector_env
         from zprl.evaluation import Evaluator
-        from zprl.policy_io import check_policy_matches_env, load_policy, policy_cameras
+        from zprl.policy_io import check_policy_matches_env, env_kwargs_for, load_policy
         from zprl.rollout import LeRobotRolloutPolicy
 
         if options.device is None:
             options = replace(options, device="cuda" if torch.cuda.is_available() else "cpu")
         policy, pre, post = load_policy(options.policy, device=options.device)
-    cameras, size = policy_cameras(policy.config)
     worker_note = " in worker processes, each importing the simulator" if options.num_envs > 1 else ""
     with phase(f"Starting {options.num_envs} {get_task(options.task).name} env(s){worker_note}"):
-        envs = make_vector_env(options.task, options.num_envs, camera_names=cameras, camera_size=size,
-                               render_mode="rgb_array" if options.video_dir else None)
+        envs = make_vector_env(options.task, options.num_envs, render_mode="rgb_array" if options.video_dir else None,
+                               **env_kwargs_for(policy.config))
     try:
         check_policy_matches_env(policy.config, envs.single_observation_space, envs.single_action_space)
         result = Evaluator(envs, options.episodes, seed=options.seed, video_dir=options.video_dir).evaluate(

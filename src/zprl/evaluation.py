@@ -12,9 +12,15 @@ from typing import Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.vector import AutoresetMode
+
+from zprl.envs.vector import episode_succeeded, info_flag, require_next_step_autoreset
 
 log = logging.getLogger(__name__)
+
+# Evaluation episodes start at this seed (plus a run's seed): disjoint from the training resets, which count up
+# from the run's seed by env steps. Latent-analysis rollouts (zprl.online.analysis) start at their own.
+EVAL_SEED_OFFSET = 100_000
+ANALYSIS_SEED_OFFSET = 200_000
 
 
 @runtime_checkable
@@ -26,6 +32,14 @@ class RolloutPolicy(Protocol):
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Actions of shape (num_envs, action_dim) in env units for observations batched over num_envs."""
+
+
+@runtime_checkable
+class RolloutSource(Protocol):
+    """A module whose current policy can be rolled out (PretrainModule, OnlineRLModule): RolloutEvalCallback's hook."""
+
+    def rollout_policy(self, num_envs: int) -> RolloutPolicy:
+        """The current policy acting in ``num_envs`` lockstep envs (deterministic where the method allows)."""
 
 
 def smoothness_metrics(actions: np.ndarray) -> dict[str, float]:
@@ -94,7 +108,8 @@ class Evaluator:
     Episode ``i`` starts from ``reset(seed=seed + i)``, so results are reproducible for a deterministic
     policy. Each round resets all envs, calls ``policy.reset()`` and steps until every env of the round
     is done; an env that finished earlier keeps being stepped (the vector env auto-resets it) but its
-    transitions are ignored. Success = any ``info["is_success"]`` in the episode. With ``video_dir``, the
+    transitions are ignored. Success: the episode terminated with ``info["is_success"]`` (see
+    :func:`zprl.envs.vector.episode_succeeded`, the collector's rule too). With ``video_dir``, the
     first episode of each round in env 0 is rendered (envs need ``render_mode="rgb_array"``; the vector
     env renders all its envs, so video slows evaluation) and written as mp4 (gif if no encoder works).
 
@@ -108,10 +123,7 @@ class Evaluator:
                  video_fps: int = 20):
         if num_episodes < 1:
             raise ValueError(f"num_episodes must be >= 1, got {num_episodes}.")
-        mode = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
-        if AutoresetMode(mode) != AutoresetMode.NEXT_STEP:
-            raise ValueError(f"Evaluator needs a vector env with autoreset_mode=NEXT_STEP, got {mode}; "
-                             "build it with zprl.envs.make_vector_env or leave Gymnasium's default.")
+        require_next_step_autoreset(envs, "Evaluator")
         self.envs = envs
         self.num_episodes = num_episodes
         self.seed = seed
@@ -172,8 +184,8 @@ class Evaluator:
             for i in np.flatnonzero(running):
                 actions[i].append(action[i])
                 returns[i] += reward[i]
-            success |= running & _info_flag(info, "is_success", num_envs)
-            crashed |= running & _info_flag(info, "env_crashed", num_envs)
+            success |= running & episode_succeeded(terminated, info)
+            crashed |= running & info_flag(info, "env_crashed", num_envs)
             if record and running[0]:
                 frames.append(self._render_env0())
             self._env_steps += int(running.sum())
@@ -207,10 +219,3 @@ class Evaluator:
             path = path.with_suffix(".gif")
             iio.imwrite(path, video, plugin="pillow", duration=1000 / self.video_fps, loop=0)
         return str(path)
-
-
-def _info_flag(info: dict, key: str, num_envs: int) -> np.ndarray:
-    """A boolean per env from a vector env's info dict (False where the key is absent or masked out)."""
-    if key not in info:
-        return np.zeros(num_envs, dtype=bool)
-    return np.asarray(info[key], dtype=bool) & np.asarray(info.get(f"_{key}", True), dtype=bool)

@@ -14,12 +14,14 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from zprl.envs import make_vector_env
-from zprl.evaluation import EvalResult, Evaluator
+from zprl.evaluation import EvalResult, Evaluator, RolloutSource
 from zprl.progress import rich_eval_progress, tqdm_eval_progress
 
 
 class RolloutEvalCallback(pl.Callback):
-    """Every ``every_n_epochs`` epochs and after the last one, roll out ``pl_module.rollout_policy()``.
+    """Every ``every_n_epochs`` epochs and after the last one, roll out ``pl_module.rollout_policy(num_envs)``.
+
+    ``pl_module`` is a :class:`zprl.evaluation.RolloutSource` (as PretrainModule and OnlineRLModule are).
 
     With ``task=None`` the env comes from the training data: the DataModule's ``spec`` gives the task,
     the robomimic ``env_args`` stored in the dataset and its cameras, so rollouts match the demos.
@@ -75,9 +77,9 @@ class RolloutEvalCallback(pl.Callback):
 
     def evaluate(self, pl_module: pl.LightningModule, video_dir: str | None = None) -> EvalResult:
         """Roll out the module's policy now (eval mode, no gradients), restoring its training mode after."""
-        if not hasattr(pl_module, "rollout_policy"):
-            raise TypeError(f"{type(pl_module).__name__} has no rollout_policy() method; RolloutEvalCallback needs "
-                            "one that returns a zprl.evaluation.RolloutPolicy.")
+        if not isinstance(pl_module, RolloutSource):
+            raise TypeError(f"{type(pl_module).__name__} has no rollout_policy(num_envs) method; RolloutEvalCallback "
+                            "needs a zprl.evaluation.RolloutSource, whose method returns a RolloutPolicy.")
         if self.envs is None:
             self.envs = make_vector_env(num_envs=self.num_envs, max_episode_steps=self.max_episode_steps,
                                         render_mode="rgb_array" if self.video else None,
@@ -88,7 +90,7 @@ class RolloutEvalCallback(pl.Callback):
             with torch.no_grad(), averaged_weights(pl_module), self._progress(pl_module) as report:
                 evaluator = Evaluator(self.envs, self.num_episodes, seed=self.seed, progress=report or False,
                                       video_dir=video_dir)
-                return evaluator.evaluate(pl_module.rollout_policy())
+                return evaluator.evaluate(pl_module.rollout_policy(self.envs.num_envs))
         finally:
             pl_module.train(was_training)
 

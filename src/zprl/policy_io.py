@@ -86,9 +86,9 @@ def _load_folder(path: Path, device: str, strict: bool):
 
 
 def _load_checkpoint(path: Path, device: str, strict: bool):
-    from zprl.online.module import CHECKPOINT_KEY as ONLINE_CHECKPOINT_KEY
+    from zprl.online.module import ONLINE_CHECKPOINT_KEY
     from zprl.policy import ZPRLConfig, ZPRLPolicy, make_zprl_pre_post_processors
-    from zprl.pretrain import CHECKPOINT_KEY
+    from zprl.pretrain import PRETRAIN_CHECKPOINT_KEY
 
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -101,10 +101,11 @@ def _load_checkpoint(path: Path, device: str, strict: bool):
         raise PolicyLoadError(f"{path} is an online RL checkpoint (OnlineRLModule: SAC actor, critics, replay buffer), "
                               "not a pretraining checkpoint. Resume it with `lightning fit -c conf/zprl_online.yaml "
                               f"--ckpt_path={path}`; the frozen policy it steers is {policy_path}.")
-    if CHECKPOINT_KEY not in checkpoint:
-        raise PolicyLoadError(f"{path} is not a zprl pretraining checkpoint (no {CHECKPOINT_KEY!r} entry). Pass a "
-                              "checkpoint of `lightning fit -c conf/pretrain.yaml` or an exported policy folder.")
-    saved = checkpoint[CHECKPOINT_KEY]
+    if PRETRAIN_CHECKPOINT_KEY not in checkpoint:
+        raise PolicyLoadError(f"{path} is not a zprl pretraining checkpoint (no {PRETRAIN_CHECKPOINT_KEY!r} "
+                              "entry). Pass a checkpoint of `lightning fit -c conf/pretrain.yaml` or an exported "
+                              "policy folder.")
+    saved = checkpoint[PRETRAIN_CHECKPOINT_KEY]
     try:
         config = draccus.decode(ZPRLConfig, json.loads(saved["policy_config"]))
     except Exception as err:  # fields of another zprl version's ZPRLConfig
@@ -147,13 +148,14 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", strict: bo
     return policy, preprocessor, postprocessor
 
 
-def policy_cameras(config) -> tuple[tuple[str, ...], int]:
-    """The env cameras a policy config expects (``observation.images.<cam>``) and their square size."""
+def env_kwargs_for(config) -> dict:
+    """``make_env`` / ``make_vector_env`` settings a policy config needs: the cameras it expects
+    (``observation.images.<cam>``) and their square size (84, the envs' default, without cameras)."""
     from zprl.data.schema import IMAGE_PREFIX
 
     cameras = tuple(key.removeprefix(IMAGE_PREFIX) for key in config.image_features)
     size = next(iter(config.image_features.values())).shape[-1] if cameras else 84
-    return cameras, size
+    return {"camera_names": cameras, "camera_size": size}
 
 
 def check_policy_matches_env(config, observation_space, action_space) -> None:

@@ -19,7 +19,7 @@ from zprl.policy.configuration_zprl import ZPRLSettings
 from zprl.rollout import LeRobotRolloutPolicy
 from zprl.tracking import mlflow_loggers
 
-CHECKPOINT_KEY = "zprl"
+PRETRAIN_CHECKPOINT_KEY = "zprl"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -202,8 +202,11 @@ class PretrainModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- rollouts and export ------------------------------------------------------------------------
-    def rollout_policy(self) -> LeRobotRolloutPolicy:
-        """The current policy as a RolloutPolicy for the evaluator (eval mode, mean latent)."""
+    def rollout_policy(self, num_envs: int = 1) -> LeRobotRolloutPolicy:
+        """The current policy as a RolloutPolicy for the evaluator (eval mode, mean latent).
+
+        ``num_envs`` is not needed: LeRobot's observation and action queues batch over any number of envs.
+        """
         self.policy.eval()
         return LeRobotRolloutPolicy(self.policy, self.preprocessor, self.postprocessor, self.device)
 
@@ -229,7 +232,7 @@ class PretrainModule(L.LightningModule):
 
         Only JSON strings and tensors, so Lightning's ``weights_only`` resume can read the checkpoint.
         """
-        checkpoint[CHECKPOINT_KEY] = {
+        checkpoint[PRETRAIN_CHECKPOINT_KEY] = {
             "policy_config": json.dumps(draccus.encode(self.policy.config)),
             "dataset_spec": json.dumps(dataclasses.asdict(self._spec), default=str),
             "dataset_stats": {key: {name: torch.as_tensor(np.asarray(value)) for name, value in stat.items()}
@@ -238,7 +241,7 @@ class PretrainModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to resume on data whose shapes differ from the checkpoint's, naming both."""
-        saved = json.loads(checkpoint[CHECKPOINT_KEY]["dataset_spec"])
+        saved = json.loads(checkpoint[PRETRAIN_CHECKPOINT_KEY]["dataset_spec"])
         for field in ("state_dim", "env_state_dim", "action_dim", "camera_names"):
             now = getattr(self._spec, field)
             if (list(now) if isinstance(now, tuple) else now) != saved[field]:

@@ -8,7 +8,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from zprl.data.schema import DatasetSpec
+from zprl.data.schema import ENV_STATE, STATE, DatasetSpec
 
 
 def split_episodes(episodes: list, val_fraction: float, seed: int) -> tuple[list, list]:
@@ -133,7 +133,7 @@ class LeRobotDataModule(PolicyDataModule):
     """
 
     def __init__(self, repo_id: str = "zprl/lift_mh", root: str | None = "data/lift_mh/lerobot",
-                 state_key: str = "observation.state", env_state_key: str | None = "observation.environment_state",
+                 state_key: str = STATE, env_state_key: str | None = ENV_STATE,
                  image_keys: list[str] = (), quality_filter: str | None = None, task: str | None = "lift",
                  video_backend: str | None = "pyav", cache_in_memory: bool = False, **kwargs):
         super().__init__(**kwargs)

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from zprl.data.schema import (
     ACTION,
+    ACTION_IS_PAD,
     ENV_STATE,
     IMAGE_PREFIX,
     QUALITY_TIERS,
@@ -145,7 +146,7 @@ class LeRobotPolicyDataset(Dataset):
         item = self.dataset[index]
         sample = {new: item[old].float() for old, new in self.key_map.items()}
         sample[ACTION] = item[ACTION].float()
-        sample["action_is_pad"] = item["action_is_pad"].bool()
+        sample[ACTION_IS_PAD] = item[ACTION_IS_PAD].bool()
         return sample
 
     def spec(self) -> DatasetSpec:

@@ -19,6 +19,7 @@ import numpy as np
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from zprl.data.experts import TIER_IDS
+from zprl.data.schema import ACTION, DONE, IMAGE_PREFIX, OBS_PREFIX, REWARD, SUCCESS
 
 if TYPE_CHECKING:
     from zprl.data.generate import Episode
@@ -42,14 +43,14 @@ def lerobot_features(observation_space: gym.spaces.Dict, action_dim: int) -> dic
     """LeRobot feature spec for an env's observation space plus action, step outcome and quality tier."""
     features = {}
     for key, space in observation_space.spaces.items():
-        if key.startswith("observation.images."):
+        if key.startswith(IMAGE_PREFIX):
             features[key] = {"dtype": "image", "shape": space.shape, "names": ["height", "width", "channels"]}
         else:
             features[key] = {"dtype": "float32", "shape": space.shape, "names": None}
-    features["action"] = {"dtype": "float32", "shape": (action_dim,), "names": None}
-    features["next.reward"] = {"dtype": "float32", "shape": SCALAR, "names": None}
-    features["next.done"] = {"dtype": "bool", "shape": SCALAR, "names": None}
-    features["next.success"] = {"dtype": "bool", "shape": SCALAR, "names": None}
+    features[ACTION] = {"dtype": "float32", "shape": (action_dim,), "names": None}
+    features[REWARD] = {"dtype": "float32", "shape": SCALAR, "names": None}
+    features[DONE] = {"dtype": "bool", "shape": SCALAR, "names": None}
+    features[SUCCESS] = {"dtype": "bool", "shape": SCALAR, "names": None}
     features["quality_tier"] = {"dtype": "int64", "shape": SCALAR, "names": None}
     return features
 
@@ -61,7 +62,7 @@ class LeRobotWriter:
         # no videos are written, so skip lerobot's probing of torchcodec for a video decoder
         self.dataset = LeRobotDataset.create(repo_id, fps, features=features, root=root, use_videos=False,
                                              video_backend="pyav")
-        self.obs_keys = [key for key in features if key.startswith("observation.")]
+        self.obs_keys = [key for key in features if key.startswith(OBS_PREFIX)]
         self.task_description = task_description
 
     def write_episode(self, episode: Episode) -> None:
@@ -70,10 +71,10 @@ class LeRobotWriter:
         for t in range(len(episode)):
             frame = {key: episode.env_obs[t][key] for key in self.obs_keys}
             frame.update({
-                "action": episode.actions[t].astype(np.float32),
-                "next.reward": np.array([episode.rewards[t]], dtype=np.float32),
-                "next.done": np.array([episode.dones[t]], dtype=bool),
-                "next.success": np.array([episode.successes[t]], dtype=bool),
+                ACTION: episode.actions[t].astype(np.float32),
+                REWARD: np.array([episode.rewards[t]], dtype=np.float32),
+                DONE: np.array([episode.dones[t]], dtype=bool),
+                SUCCESS: np.array([episode.successes[t]], dtype=bool),
                 "quality_tier": tier,
                 "task": self.task_description,
             })

@@ -21,6 +21,7 @@ import gymnasium as gym
 import numpy as np
 
 from zprl.data.generate import DemoSource, Episode, register_demo_source
+from zprl.data.schema import ENV_STATE, IMAGE_PREFIX, STATE
 from zprl.envs.metaworld_env import MetaWorldEnv
 
 FPS = 80  # MetaWorld steps the simulation 5 x 2.5 ms per action
@@ -120,8 +121,8 @@ def rollout(env: gym.Env, operator: MetaWorldOperator, seed: int) -> Episode:
 
 def robomimic_obs(obs: dict[str, np.ndarray], camera_names: tuple[str, ...]) -> dict[str, np.ndarray]:
     """robomimic HDF5 observation keys: ``agent_pos`` (robot), ``object`` (objects and goal), ``<cam>_image``."""
-    raw = {"agent_pos": obs["observation.state"], "object": obs["observation.environment_state"]}
-    raw.update({f"{cam}_image": obs[f"observation.images.{cam}"] for cam in camera_names})
+    raw = {"agent_pos": obs[STATE], "object": obs[ENV_STATE]}
+    raw.update({f"{cam}_image": obs[IMAGE_PREFIX + cam] for cam in camera_names})
     return raw
 
 

@@ -18,7 +18,16 @@ from robomimic.utils.dataset import SequenceDataset
 # isort: on
 
 from zprl.data.robomimic_writer import GENERATE_HINT, validate_robomimic_hdf5
-from zprl.data.schema import ACTION, ENV_STATE, IMAGE_PREFIX, STATE, DatasetSpec, array_stats, image_stats
+from zprl.data.schema import (
+    ACTION,
+    ACTION_IS_PAD,
+    ENV_STATE,
+    IMAGE_PREFIX,
+    STATE,
+    DatasetSpec,
+    array_stats,
+    image_stats,
+)
 from zprl.envs.tasks import SIM_NAME_TO_TASK
 from zprl.logging_setup import quiet_stdout
 
@@ -123,7 +132,7 @@ class RobomimicPolicyDataset(Dataset):
             ENV_STATE: torch.from_numpy(
                 np.concatenate([obs[k][:n] for k in self.env_state_keys], -1).astype(np.float32)),
             ACTION: torch.from_numpy(np.asarray(item["actions"], dtype=np.float32)),
-            "action_is_pad": torch.from_numpy(~item["pad_mask"][:, 0].astype(bool)),
+            ACTION_IS_PAD: torch.from_numpy(~item["pad_mask"][:, 0].astype(bool)),
         }
         for key in self.camera_keys:
             frames = torch.from_numpy(np.ascontiguousarray(obs[key][:n]))  # (n, H, W, 3) uint8

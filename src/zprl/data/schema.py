@@ -12,10 +12,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-STATE = "observation.state"
-ENV_STATE = "observation.environment_state"
+# LeRobot's feature keys, under LeRobot's names (``lerobot.utils.constants``). Spelled here, not imported:
+# importing ``lerobot.utils`` imports torch, which every simulator worker importing zprl.envs would pay (see
+# zprl.lerobot_registration); tests/test_envs.py checks that they equal LeRobot's.
+OBS_PREFIX = "observation."
+OBS_STATE = "observation.state"
+OBS_ENV_STATE = "observation.environment_state"
+OBS_IMAGES = "observation.images"
 ACTION = "action"
-IMAGE_PREFIX = "observation.images."
+REWARD = "next.reward"
+DONE = "next.done"
+SUCCESS = "next.success"
+
+IMAGE_PREFIX = OBS_IMAGES + "."  # a camera's key is IMAGE_PREFIX + camera name
+ACTION_IS_PAD = ACTION + "_is_pad"  # marks action frames outside the episode (LeRobot's delta timestamps)
+STATE = OBS_STATE
+ENV_STATE = OBS_ENV_STATE
 
 
 def observation_frame_offsets(n_obs_steps: int) -> list[int]:

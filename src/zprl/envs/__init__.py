@@ -42,7 +42,8 @@ def make_vector_env(task: str = "lift", num_envs: int = 1, asynchronous: bool | 
     """``num_envs`` copies of the task in a Gymnasium vector env (subprocesses when ``asynchronous``).
 
     ``asynchronous=None`` picks AsyncVectorEnv for more than one env. Episodes auto-reset in
-    Gymnasium's next-step mode: the step after a terminal one returns the reset observation.
+    Gymnasium's next-step mode: the step after a terminal one returns the reset observation
+    (:mod:`zprl.envs.vector` reads such an env for the rollouts).
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}.")

@@ -9,6 +9,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from zprl.data.schema import ENV_STATE, IMAGE_PREFIX, STATE
 from zprl.envs.tasks import METAWORLD_NAME_TO_TASK, get_task
 
 # MetaWorld's flat observation: hand pos (3), gripper opening (1), object slots (14, zero-padded),
@@ -101,9 +102,9 @@ class MetaWorldEnv(gym.Env):
         self._env_state_index = np.r_[OBJECT_START:OBJECT_START + num_object, GOAL_SLICE]
         self.last_obs = self._observation(raw)
         spaces = {key: gym.spaces.Box(-np.inf, np.inf, value.shape, np.float32) for key, value in self.last_obs.items()
-                  if not key.startswith("observation.images.")}
+                  if not key.startswith(IMAGE_PREFIX)}
         for cam in self.camera_names:
-            spaces[f"observation.images.{cam}"] = gym.spaces.Box(0, 255, (camera_size, camera_size, 3), np.uint8)
+            spaces[IMAGE_PREFIX + cam] = gym.spaces.Box(0, 255, (camera_size, camera_size, 3), np.uint8)
         self.observation_space = gym.spaces.Dict(spaces)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
 
@@ -114,10 +115,10 @@ class MetaWorldEnv(gym.Env):
         return raw, info
 
     def _observation(self, raw: np.ndarray) -> dict[str, np.ndarray]:
-        obs = {"observation.state": np.concatenate((raw[:3], *self._fingers), dtype=np.float32),
-               "observation.environment_state": raw[self._env_state_index].astype(np.float32)}
+        obs = {STATE: np.concatenate((raw[:3], *self._fingers), dtype=np.float32),
+               ENV_STATE: raw[self._env_state_index].astype(np.float32)}
         for cam in self.camera_names:
-            obs[f"observation.images.{cam}"] = self._render_camera(cam, self.camera_size)
+            obs[IMAGE_PREFIX + cam] = self._render_camera(cam, self.camera_size)
         return obs
 
     def _render_camera(self, camera: str, size: int) -> np.ndarray:

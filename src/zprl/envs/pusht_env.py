@@ -9,6 +9,8 @@ import gym_pusht  # noqa: F401  (registers gym_pusht/PushT-v0)
 import gymnasium as gym
 import numpy as np
 
+from zprl.data.schema import ENV_STATE, STATE
+
 
 def _release_pymunk_space(env: gym.Env) -> None:
     """Drop gym-pusht's pymunk objects (space, bodies, collision handler) and collect them now."""
@@ -32,9 +34,8 @@ class PushTEnv(gym.Wrapper):
                                   render_mode=render_mode or "rgb_array", **kwargs).unwrapped)
         inner = self.env.observation_space
         self.observation_space = gym.spaces.Dict({
-            "observation.state": gym.spaces.Box(-np.inf, np.inf, inner["agent_pos"].shape, np.float32),
-            "observation.environment_state": gym.spaces.Box(-np.inf, np.inf, inner["environment_state"].shape,
-                                                            np.float32),
+            STATE: gym.spaces.Box(-np.inf, np.inf, inner["agent_pos"].shape, np.float32),
+            ENV_STATE: gym.spaces.Box(-np.inf, np.inf, inner["environment_state"].shape, np.float32),
         })
         self.action_space = gym.spaces.Box(self.env.action_space.low.astype(np.float32),
                                            self.env.action_space.high.astype(np.float32), dtype=np.float32)
@@ -45,8 +46,8 @@ class PushTEnv(gym.Wrapper):
 
     @staticmethod
     def _observation(obs: dict) -> dict[str, np.ndarray]:
-        return {"observation.state": np.asarray(obs["agent_pos"], np.float32),
-                "observation.environment_state": np.asarray(obs["environment_state"], np.float32)}
+        return {STATE: np.asarray(obs["agent_pos"], np.float32),
+                ENV_STATE: np.asarray(obs["environment_state"], np.float32)}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         obs, info = self.env.reset(seed=seed, options=options)

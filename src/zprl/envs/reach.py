@@ -5,6 +5,8 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
+from zprl.data.schema import ENV_STATE, STATE
+
 
 class PointReachEnv(gym.Env):
     """A point mass moves with velocity actions towards a goal drawn at reset; success within ``radius``.
@@ -22,13 +24,13 @@ class PointReachEnv(gym.Env):
             raise ValueError("PointReach has no cameras; drop `camera_names` for this task.")
         self.radius, self.step_size, self.render_mode = radius, step_size, render_mode
         box = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
-        self.observation_space = gym.spaces.Dict({"observation.state": box, "observation.environment_state": box})
+        self.observation_space = gym.spaces.Dict({STATE: box, ENV_STATE: box})
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
         self.position = np.zeros(2, np.float32)
         self.goal = np.zeros(2, np.float32)
 
     def _observation(self) -> dict[str, np.ndarray]:
-        return {"observation.state": self.position.copy(), "observation.environment_state": self.goal.copy()}
+        return {STATE: self.position.copy(), ENV_STATE: self.goal.copy()}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -53,5 +55,5 @@ class PointReachEnv(gym.Env):
 
 def scripted_reach_action(obs: dict[str, np.ndarray], bias: np.ndarray | None = None, step_size: float = 0.05):
     """Greedy expert towards the goal (plus an optional constant ``bias`` on the aim point)."""
-    aim = obs["observation.environment_state"] + (0 if bias is None else bias)
-    return np.clip((aim - obs["observation.state"]) / step_size, -1.0, 1.0).astype(np.float32)
+    aim = obs[ENV_STATE] + (0 if bias is None else bias)
+    return np.clip((aim - obs[STATE]) / step_size, -1.0, 1.0).astype(np.float32)

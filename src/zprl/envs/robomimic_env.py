@@ -14,6 +14,7 @@ import robomimic.utils.obs_utils as ObsUtils
 import robosuite
 # isort: on
 
+from zprl.data.schema import ENV_STATE, IMAGE_PREFIX, STATE
 from zprl.envs.tasks import get_task
 from zprl.logging_setup import quiet_stdout
 
@@ -99,12 +100,11 @@ class RobomimicEnv(gym.Env):
         self._placement_rng_state = None  # this env's own numpy stream for robosuite's placements (see reset)
         raw = self.robomimic_env.reset()
         spaces = {
-            "observation.state": gym.spaces.Box(-np.inf, np.inf, (self._state(raw).shape[0],), np.float32),
-            "observation.environment_state": gym.spaces.Box(-np.inf, np.inf, (raw[ENV_STATE_KEY].shape[0],),
-                                                            np.float32),
+            STATE: gym.spaces.Box(-np.inf, np.inf, (self._state(raw).shape[0],), np.float32),
+            ENV_STATE: gym.spaces.Box(-np.inf, np.inf, (raw[ENV_STATE_KEY].shape[0],), np.float32),
         }
         for cam in self.camera_names:
-            spaces[f"observation.images.{cam}"] = gym.spaces.Box(0, 255, (camera_size, camera_size, 3), np.uint8)
+            spaces[IMAGE_PREFIX + cam] = gym.spaces.Box(0, 255, (camera_size, camera_size, 3), np.uint8)
         self.observation_space = gym.spaces.Dict(spaces)
         low, high = self.robomimic_env.env.action_spec
         self.action_space = gym.spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
@@ -116,11 +116,11 @@ class RobomimicEnv(gym.Env):
 
     def _observation(self, raw: dict) -> dict[str, np.ndarray]:
         obs = {
-            "observation.state": self._state(raw),
-            "observation.environment_state": np.asarray(raw[ENV_STATE_KEY], dtype=np.float32),
+            STATE: self._state(raw),
+            ENV_STATE: np.asarray(raw[ENV_STATE_KEY], dtype=np.float32),
         }
         for cam in self.camera_names:
-            obs[f"observation.images.{cam}"] = np.ascontiguousarray(raw[f"{cam}_image"], dtype=np.uint8)
+            obs[IMAGE_PREFIX + cam] = np.ascontiguousarray(raw[f"{cam}_image"], dtype=np.uint8)
         return obs
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):

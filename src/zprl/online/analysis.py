@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from zprl.envs import make_vector_env
-from zprl.evaluation import Evaluator
+from zprl.evaluation import ANALYSIS_SEED_OFFSET, Evaluator
 from zprl.online.collector import SteeredAgent, SteeredRolloutPolicy
 from zprl.online.steering import LatentSteering
 
@@ -24,7 +24,8 @@ class RecordingLatentSteering(LatentSteering):
         return super().act(ctx, u)
 
 
-def rollout_latents(module, num_episodes: int = 10, num_envs: int = 2, seed: int = 200_000) -> dict[str, np.ndarray]:
+def rollout_latents(module, num_episodes: int = 10, num_envs: int = 2,
+                    seed: int = ANALYSIS_SEED_OFFSET) -> dict[str, np.ndarray]:
     """Latents decoded during ``num_episodes`` base rollouts (u = 0) and steered rollouts (actor mean).
 
     ``module`` is a trained ``OnlineRLModule`` with latent steering (e.g. from ``load_from_checkpoint``).

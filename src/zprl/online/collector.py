@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium.vector import AutoresetMode
 from torch import Tensor
 
-from zprl.evaluation import _info_flag
+from zprl.envs.vector import episode_succeeded, info_flag, require_next_step_autoreset
 from zprl.online.replay_buffer import Transitions
 from zprl.online.sac import Actor
 from zprl.online.steering import Steering, SteeringContext
@@ -222,10 +221,7 @@ class ChunkCollector:
 
     def __init__(self, envs: gym.vector.VectorEnv, agent: SteeredAgent, gamma: float, seed: int = 0,
                  warmup_action: str = "zero", bootstrap_on_truncation: bool = False):
-        mode = AutoresetMode(envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP))
-        if mode != AutoresetMode.NEXT_STEP:
-            raise ValueError(f"ChunkCollector needs a vector env with autoreset_mode=NEXT_STEP, got {mode}; build it "
-                             "with zprl.envs.make_vector_env.")
+        require_next_step_autoreset(envs, "ChunkCollector")
         if warmup_action not in WARMUP_ACTIONS:
             raise ValueError(f"warmup_action must be one of {WARMUP_ACTIONS}, got {warmup_action!r}.")
         if envs.num_envs != agent.num_envs:
@@ -342,7 +338,8 @@ class ChunkCollector:
         self.episode_return[live] += reward[live]
 
         ended = live & (terminated | truncated)
-        crashed = ended & _info_flag(info, "env_crashed", n)
+        crashed = ended & info_flag(info, "env_crashed", n)
+        succeeded = ended & episode_succeeded(terminated, info)
         self.agent.history.push(obs, live)
         self.agent.history.start(obs, self.resetting)
         # A bootstrapped truncation needs the last observation; terminal chunks need no next obs.
@@ -357,7 +354,7 @@ class ChunkCollector:
 
         for i in np.flatnonzero(ended):
             stats.episode_returns.append(float(self.episode_return[i]))
-            stats.episode_successes.append(bool(terminated[i] and not crashed[i]))
+            stats.episode_successes.append(bool(succeeded[i]))
         stats.env_crashes += int(crashed.sum())
         self.episodes += int(ended.sum())
         self.env_crashes += int(crashed.sum())

@@ -12,16 +12,15 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from zprl.envs import make_vector_env
-from zprl.evaluation import Evaluator
+from zprl.evaluation import EVAL_SEED_OFFSET, Evaluator
 from zprl.online.collector import ChunkCollector, SteeredAgent, SteeredRolloutPolicy
 from zprl.online.replay_buffer import ReplayBuffer
 from zprl.online.sac import SAC, SACConfig
 from zprl.online.steering import make_steering
-from zprl.policy_io import check_policy_matches_env, load_policy, policy_cameras
+from zprl.policy_io import check_policy_matches_env, env_kwargs_for, load_policy
 
-CHECKPOINT_KEY = "zprl_online"
+ONLINE_CHECKPOINT_KEY = "zprl_online"
 CHECKPOINT_FORMAT = 2  # 2: vectorised critic ensemble and the authors' SAC (2026-11-28)
-EVAL_SEED_OFFSET = 100_000  # evaluation episodes use seeds disjoint from the training resets
 
 
 class FrozenPolicy(NamedTuple):
@@ -149,8 +148,7 @@ class OnlineRLModule(L.LightningModule):
 
     def env_kwargs(self) -> dict:
         """Settings of the training and evaluation envs: the policy's cameras and the episode limit."""
-        cameras, size = policy_cameras(self.frozen.policy.config)
-        return {"camera_names": list(cameras), "camera_size": size, "max_episode_steps": self.hparams.max_episode_steps}
+        return {**env_kwargs_for(self.frozen.policy.config), "max_episode_steps": self.hparams.max_episode_steps}
 
     # -- setup ----------------------------------------------------------------------------------------
     def train_dataloader(self):
@@ -284,7 +282,7 @@ class OnlineRLModule(L.LightningModule):
     # -- checkpoints ----------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Add what the weights and optimiser states do not hold: buffer, counters and generator states."""
-        checkpoint[CHECKPOINT_KEY] = {
+        checkpoint[ONLINE_CHECKPOINT_KEY] = {
             "format": CHECKPOINT_FORMAT,
             "policy_path": str(self.hparams.policy_path),
             "transitions": self.transitions,
@@ -298,14 +296,14 @@ class OnlineRLModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if CHECKPOINT_KEY not in checkpoint:
-            raise KeyError(f"Not an OnlineRLModule checkpoint (no {CHECKPOINT_KEY!r} entry).")
-        if checkpoint[CHECKPOINT_KEY].get("format") != CHECKPOINT_FORMAT:
+        if ONLINE_CHECKPOINT_KEY not in checkpoint:
+            raise KeyError(f"Not an OnlineRLModule checkpoint (no {ONLINE_CHECKPOINT_KEY!r} entry).")
+        if checkpoint[ONLINE_CHECKPOINT_KEY].get("format") != CHECKPOINT_FORMAT:
             raise ValueError(
                 "This online checkpoint was written by zprl before 2026-11-28 (per-critic MLPs and the earlier SAC); "
                 "its weights do not fit the vectorised critic ensemble and the authors' SAC. Start the run anew "
                 "without --ckpt_path (the pretrained policy is unaffected).")
-        self._restored = checkpoint[CHECKPOINT_KEY]
+        self._restored = checkpoint[ONLINE_CHECKPOINT_KEY]
         if self.collector is not None:  # strategies that restore after setup
             self._restore(self._restored)
 

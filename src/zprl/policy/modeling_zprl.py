@@ -23,6 +23,8 @@ from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from zprl.data.schema import ACTION_IS_PAD
+
 from .configuration_zprl import ZPRLConfig
 from .vib import VariationalBottleneck
 
@@ -193,7 +195,7 @@ class ZPRLModel(DiffusionModel):
         mode = self.config.vib_training
         latent = self.encode_latent(batch)
         x_in, timestep, target = self._noised_input(actions)
-        mask = ~batch["action_is_pad"].unsqueeze(-1) if self.config.do_mask_loss_for_padding else None
+        mask = ~batch[ACTION_IS_PAD].unsqueeze(-1) if self.config.do_mask_loss_for_padding else None
 
         def generator_loss(cond: Tensor, detached: bool = False) -> Tensor:
             if detached:  # a frozen copy: the gradient reaches `cond` (the VIB) but not the UNet's weights
