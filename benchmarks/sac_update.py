@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import statistics
 import time
@@ -109,30 +110,37 @@ def seconds_per_update(run_updates, updates: int, device: torch.device) -> float
     return (time.perf_counter() - start) / updates
 
 
-def measure(num_critics: int, args: argparse.Namespace, device: torch.device) -> tuple[float, float]:
+def measure(num_critics: int, args: argparse.Namespace, device: torch.device) -> list[float]:
+    """Median seconds per update of the reference, zprl's SAC and (``--compile``) zprl's SAC compiled."""
     config = SACConfig(hidden_dims=(args.hidden,) * 3, num_critics=num_critics, critic_subset=2,
                        batch_size=args.batch_size)
     batch = random_batch(args.batch_size, args.obs_dim, args.action_dim, device)
     torch.manual_seed(0)
-    zprl = SAC(args.obs_dim, args.action_dim, config).to(device)
-    optimizers = zprl.configure_optimizers()
     reference = ReferenceSAC(args.obs_dim, args.action_dim, config).to(device)
-
-    def zprl_updates(n: int) -> None:  # as OnlineRLModule._update: metrics read back once per iteration
-        metrics = [zprl.update(batch, optimizers) for _ in range(n)]
-        torch.stack([m["critic_loss"] for m in metrics]).tolist()
 
     def reference_updates(n: int) -> None:
         for _ in range(n):
             reference.update(batch)
 
-    for fn in (zprl_updates, reference_updates):  # untimed warm-up
-        fn(10)
-    ours, theirs = [], []
-    for _ in range(args.repeats):  # interleaved, so load changes hit both
-        ours.append(seconds_per_update(zprl_updates, args.updates, device))
-        theirs.append(seconds_per_update(reference_updates, args.updates, device))
-    return statistics.median(ours), statistics.median(theirs)
+    def zprl_updates(config: SACConfig):
+        zprl = SAC(args.obs_dim, args.action_dim, config).to(device)
+        optimizers = zprl.configure_optimizers()
+
+        def run(n: int) -> None:  # as OnlineRLModule._update: metrics read back once per iteration
+            metrics = [zprl.update(batch, optimizers) for _ in range(n)]
+            torch.stack([m["critic_loss"] for m in metrics]).tolist()
+        return run
+
+    runners = [reference_updates, zprl_updates(config)]
+    if args.compile:
+        runners.append(zprl_updates(dataclasses.replace(config, compile=True, compile_mode=args.compile_mode)))
+    for run in runners:  # untimed warm-up (and compilation)
+        run(10)
+    times = [[] for _ in runners]
+    for _ in range(args.repeats):  # interleaved, so load changes hit all alike
+        for run, seconds in zip(runners, times, strict=True):
+            seconds.append(seconds_per_update(run, args.updates, device))
+    return [statistics.median(seconds) for seconds in times]
 
 
 def main() -> None:
@@ -144,16 +152,20 @@ def main() -> None:
     parser.add_argument("--action-dim", type=int, default=16, help="z_dim")
     parser.add_argument("--updates", type=int, default=50, help="updates per timed repeat")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="also time zprl's SAC with sac.compile=True")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead on a GPU")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
     print(f"\nSAC update, batch {args.batch_size}, 3x{args.hidden} MLPs, obs {args.obs_dim}, action {args.action_dim}, "
           f"{where}; median of {args.repeats} x {args.updates} updates\n")
-    print("| critics | zprl ms/update | reference ms/update | ratio (zprl / reference) |")
-    print("|---:|---:|---:|---:|")
+    compiled = " | zprl compiled ms/update | ratio (compiled / reference)" if args.compile else ""
+    print(f"| critics | reference ms/update | zprl ms/update | ratio (zprl / reference){compiled} |")
+    print("|---:|---:|---:|---:" + ("|---:|---:" if args.compile else "") + "|")
     for num_critics in args.critics:
-        ours, theirs = measure(num_critics, args, device)
-        print(f"| {num_critics} | {1e3 * ours:.2f} | {1e3 * theirs:.2f} | {ours / theirs:.3f} |")
+        reference, *ours = measure(num_critics, args, device)
+        cells = [f"{1e3 * seconds:.2f} | {seconds / reference:.3f}" for seconds in ours]
+        print(f"| {num_critics} | {1e3 * reference:.2f} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

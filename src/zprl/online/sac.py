@@ -62,6 +62,11 @@ class SACConfig:
         log_std_min / log_std_max: range of the actor's log standard deviation (before tanh).
         init_log_std_logit: the log-std head's bias at initialisation; 0 puts log std at the middle of its
             range (-4 for [-10, 2]: sigma ~ 0.02, the authors' small first kicks).
+        compile: ``torch.compile`` the actor and the critic ensembles (forward and backward; the optimiser
+            steps stay eager). Off by default: on one CPU thread the update is GEMM-bound and compiling gave
+            no gain (benchmarks/RESULTS.md, "SAC update"); on a GPU try ``compile_mode: reduce-overhead``
+            (CUDA graphs) where the many small kernels of a small MLP dominate.
+        compile_mode: ``torch.compile`` mode (None: the default mode).
     """
 
     hidden_dims: Sequence[int] = (256, 256, 256)
@@ -91,6 +96,8 @@ class SACConfig:
     log_std_min: float = -10.0
     log_std_max: float = 2.0
     init_log_std_logit: float = 0.0
+    compile: bool = False
+    compile_mode: str | None = None
 
     def __post_init__(self):
         if self.num_critics < 1 or not 1 <= self.critic_subset <= self.num_critics:
@@ -260,6 +267,9 @@ class SAC(nn.Module):
         use_steered = config.critic_input == "steered" and critic_action is not None
         self._critic_action = critic_action if use_steered else (lambda obs, u: u)
         self.num_critic_updates = 0  # drives policy_freq / target_freq; checkpointed by the owner
+        if config.compile:  # in place: parameter names and checkpoints stay those of the eager modules
+            for module in (self.actor, self.critic, self.critic_target):
+                module.compile(mode=config.compile_mode)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         c = self.config
