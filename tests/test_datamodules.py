@@ -11,8 +11,8 @@ import torch
 
 from zprl.data.datamodule import LeRobotDataModule, RobomimicDataModule
 from zprl.data.robomimic_writer import validate_robomimic_hdf5
-from zprl.data.schema import ACTION, ENV_STATE, STATE
-from zprl.data.selection import split_episodes
+from zprl.data.schema import ACTION, ENV_STATE, QUALITY_TIERS, STATE
+from zprl.data.selection import parse_filter_key, split_episodes
 
 N_OBS, HORIZON = 2, 8
 
@@ -74,6 +74,17 @@ def test_filter_keys_select_tiers(tiny_lift_dataset):
     assert len(lerobot.train_set) == len(module.train_set)
     with pytest.raises(ValueError, match="masks are"):
         RobomimicDataModule(hdf5_path=str(tiny_lift_dataset / "demo.hdf5"), filter_key="better").setup("fit")
+    with pytest.raises(ValueError, match=r"'best'.*quality tiers are \['expert', 'noisy', 'poor'\]"):
+        LeRobotDataModule(repo_id="zprl/lift_tiny", root=str(tiny_lift_dataset / "lerobot"),
+                          quality_filter="expert+best").setup("fit")
+
+
+def test_one_parser_for_filter_keys():
+    assert parse_filter_key("expert+noisy+expert", QUALITY_TIERS, "quality tier", "the tiers") == ["expert", "noisy"]
+    assert parse_filter_key(None, QUALITY_TIERS, "quality tier", "the tiers") is None
+    assert parse_filter_key("", QUALITY_TIERS, "quality tier", "the tiers") is None
+    with pytest.raises(ValueError, match=r"Unknown filter key 'noisy', '' in 'noisy\+': the masks are \['train'\]"):
+        parse_filter_key("noisy+", ["train"], "filter key", "the masks")
 
 
 def test_split_is_by_episode_and_deterministic():

@@ -105,16 +105,13 @@ class RobomimicDataModule(PolicyDataModule):
         self.filter_key = filter_key
 
     def _train_val_episodes(self) -> tuple[list[str], list[str]]:
-        import h5py
-
         from zprl.data.robomimic_source import reading_hdf5, resolve_filter_key
         from zprl.data.robomimic_writer import validate_robomimic_hdf5
 
         with reading_hdf5(self.hdf5_path):
             info = validate_robomimic_hdf5(self.hdf5_path)
-            with h5py.File(info["path"], "r") as f:
-                demos = resolve_filter_key(self.filter_key, info["filter_keys"], info["demos"], f)
         masks = info["filter_keys"]
+        demos = resolve_filter_key(self.filter_key, masks, info["demos"])
         if self.val_fraction == 0 or not {"train", "valid"} <= masks.keys():
             return split_episodes(demos, self.val_fraction, self.seed)
         train_mask, valid_mask = set(masks["train"]), set(masks["valid"])

@@ -72,8 +72,3 @@ def image_stats(images_hwc_uint8: np.ndarray) -> dict[str, np.ndarray]:
 # Operator-quality tiers of mixed-quality data, in the order of the LeRobot ``quality_tier`` column
 # (0, 1, 2) and the names of the robomimic HDF5 masks.
 QUALITY_TIERS = ("expert", "noisy", "poor")
-
-
-def parse_quality_filter(filter_key: str | None) -> list[str] | None:
-    """``"expert+noisy"`` -> ["expert", "noisy"]; None or "" -> None (all demos)."""
-    return filter_key.split("+") if filter_key else None

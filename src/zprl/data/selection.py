@@ -1,10 +1,27 @@
-"""Which episodes a run uses: zprl's one train/validation split rule."""
+"""Which episodes a run uses: filter keys (``"expert+noisy"``) and zprl's one train/validation split rule."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
+
+
+def parse_filter_key(filter_key: str | None, valid: Collection[str], kind: str, valid_names: str) -> list[str] | None:
+    """``"expert+noisy"`` -> ``["expert", "noisy"]`` (the union of those selections); None or "" -> None (all).
+
+    Every part must be in ``valid``; otherwise ValueError names the ``kind`` of key (``"filter key"``) and
+    the valid ones, introduced by ``valid_names`` (``"the file's masks"``). Used for robomimic filter keys
+    (``RobomimicDataModule.filter_key``) and LeRobot quality tiers (``LeRobotDataModule.quality_filter``).
+    """
+    if not filter_key:
+        return None
+    keys = list(dict.fromkeys(filter_key.split("+")))
+    unknown = [key for key in keys if key not in valid]
+    if unknown:
+        raise ValueError(f"Unknown {kind} {', '.join(map(repr, unknown))} in {filter_key!r}: {valid_names} are "
+                         f"{list(valid)}. Use one of them, or several joined by '+'.")
+    return keys
 
 
 def split_episodes[E](episodes: Sequence[E], val_fraction: float, seed: int) -> tuple[list[E], list[E]]:
