@@ -22,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
+from zprl.data.episode import Episode
 from zprl.data.experts import QUALITY_TIERS, TIER_IDS, Operator, make_operator
 from zprl.data.lerobot_writer import LeRobotWriter, lerobot_features
 from zprl.data.robomimic_writer import HDF5_NAME, RobomimicHDF5Writer
@@ -36,29 +37,6 @@ TASK_DESCRIPTIONS = {
 }
 MAX_ATTEMPTS_PER_DEMO = 20  # give up on a tier whose success rate is below 1/20
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Episode:
-    """One rollout of T steps. ``raw_obs`` (robomimic keys) and ``env_obs`` (env keys) hold T+1 observations."""
-
-    tier: str
-    seed: int
-    model_file: str  # MuJoCo xml the episode ran in (robosuite re-samples object sizes on reset)
-    raw_obs: list[dict[str, np.ndarray]]
-    env_obs: list[dict[str, np.ndarray]]
-    states: np.ndarray  # (T, state_dim) flattened MuJoCo state before each step, as robomimic stores it
-    actions: np.ndarray  # (T, action_dim)
-    rewards: np.ndarray  # (T,)
-    successes: np.ndarray  # (T,) task success after each step
-    dones: np.ndarray  # (T,)
-
-    def __len__(self) -> int:
-        return len(self.actions)
-
-    @property
-    def success(self) -> bool:
-        return bool(len(self) and self.successes[-1])
 
 
 @dataclass(frozen=True)

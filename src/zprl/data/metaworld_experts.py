@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from zprl.data.generate import DemoSource, Episode, register_demo_source
+from zprl.data.episode import Episode
+from zprl.data.generate import DemoSource, register_demo_source
 from zprl.envs.metaworld_env import MetaWorldEnv
 
 FPS = 80  # MetaWorld steps the simulation 5 x 2.5 ms per action

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from zprl.data.generate import Episode, close_quietly, staged_output
+from zprl.data.episode import Episode
+from zprl.data.generate import close_quietly, staged_output
 from zprl.data.lerobot_writer import LeRobotWriter, lerobot_features
 from zprl.envs import make_env
 from zprl.envs.reach import scripted_reach_action

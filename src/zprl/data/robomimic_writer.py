@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
+from zprl.data.episode import Episode
 from zprl.data.selection import split_episodes
-
-if TYPE_CHECKING:
-    from zprl.data.generate import Episode
 
 GENERATE_HINT = "zprl data generate --task lift --demos 100 --out data/lift_mh"
 HDF5_NAME = "demo.hdf5"
