@@ -172,7 +172,8 @@ def test_hdf5_states_replay_observations(lift_dataset, hdf5_demos):
 
 
 def test_bad_task_and_demo_count_fail_fast(tmp_path):
-    with pytest.raises(ValueError, match=r"Choose one of \['box_close', 'can', 'lift', 'push_wall', 'square'\]"):
+    tasks = r"\['box_close', 'can', 'lift', 'push_wall', 'reach', 'square'\]"
+    with pytest.raises(ValueError, match=rf"Choose one of {tasks}"):
         generate_dataset("stack", 2, tmp_path / "a")
     with pytest.raises(ValueError, match="lerobot/pusht"):
         generate_dataset("pusht", 2, tmp_path / "a")
@@ -232,3 +233,6 @@ def test_reach_command_writes_a_biased_lerobot_dataset_and_guards_it(tmp_path, c
         zprl_main(["data", "generate", "--task", "reach", "--demos", "2", "--out", str(out)])
     zprl_main(["data", "generate", "--task", "reach", "--demos", "2", "--out", str(out), "--overwrite"])
     assert load_lerobot_metadata("zprl/reach_biased", root=out).total_episodes == 2
+    with pytest.raises(ValueError, match=r"'lift' takes no generator option 'bias' \(--bias, an option of \['reach'\]"):
+        zprl_main(["data", "generate", "--task", "lift", "--out", str(tmp_path / "lift"), "--bias", "0.2", "0.0"])
+    assert not (tmp_path / "lift").exists()

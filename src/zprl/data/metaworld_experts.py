@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 
 from zprl.data.episode import Episode
-from zprl.data.generate import DemoSource, register_demo_source
+from zprl.data.generate import DemoSource, record_episode, register_demo_source
 from zprl.envs.metaworld_env import MetaWorldEnv
 
 FPS = 80  # MetaWorld steps the simulation 5 x 2.5 ms per action
@@ -96,27 +96,12 @@ class MetaWorldOperator:
 
 
 def rollout(env: gym.Env, operator: MetaWorldOperator, seed: int) -> Episode:
-    """Run ``operator`` in the time-limited MetaWorld ``env`` from ``reset(seed=seed)`` until it ends."""
-    obs, _ = env.reset(seed=seed)
-    operator.reset(seed)
+    """One attempt of ``operator`` in the time-limited MetaWorld ``env``, with what the robomimic HDF5 stores."""
     base: MetaWorldEnv = env.unwrapped
-    env_obs = [obs]
-    states, actions, rewards, successes, dones = [], [], [], [], []
-    done = False
-    while not done:
-        states.append(base.get_sim_state())
-        action = operator.act()
-        obs, reward, terminated, truncated, info = env.step(action)
-        done = terminated or truncated
-        env_obs.append(obs)
-        actions.append(action)
-        rewards.append(reward)
-        successes.append(info["is_success"])
-        dones.append(done)
-    raw_obs = [robomimic_obs(frame, base.camera_names) for frame in env_obs]
-    return Episode(operator.tier, seed, base.sim_env.model_name, raw_obs, env_obs, np.asarray(states),
-                   np.asarray(actions), np.asarray(rewards, dtype=float), np.asarray(successes, dtype=bool),
-                   np.asarray(dones, dtype=bool))
+    episode = record_episode(env, operator, seed, sim_state=base.get_sim_state,
+                             raw_obs=lambda obs: robomimic_obs(obs, base.camera_names))
+    episode.model_file = base.sim_env.model_name
+    return episode
 
 
 def robomimic_obs(obs: dict[str, np.ndarray], camera_names: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -129,4 +114,4 @@ def robomimic_obs(obs: dict[str, np.ndarray], camera_names: tuple[str, ...]) -> 
 for name, description in DESCRIPTIONS.items():
     register_demo_source(name, DemoSource(
         make_operator=lambda env, tier, task=name: MetaWorldOperator(env, task, tier), rollout=rollout,
-        env_meta=lambda env: env.env_meta, description=description, fps=FPS))
+        description=description, fps=FPS, env_meta=lambda env: env.env_meta))
