@@ -10,9 +10,10 @@ import h5py
 import numpy as np
 import pytest
 
-from zprl.data.experts import TIER_IDS, make_operator
+from zprl.data.experts import OPERATOR_PROFILES, TIER_IDS, make_operator
 from zprl.data.generate import attempt_seed, generate_dataset, rollout
 from zprl.data.robomimic_writer import validate_robomimic_hdf5
+from zprl.data.schema import QUALITY_TIERS
 from zprl.envs import make_env
 from zprl.envs.robomimic_env import STATE_KEYS
 
@@ -51,6 +52,13 @@ def test_lift_expert_succeeds_on_ten_seeds(lift_env):
     operator = make_operator(lift_env.unwrapped, "lift", "expert")
     successes = [rollout(lift_env, operator, seed).success for seed in range(10)]
     assert np.mean(successes) >= 0.9, successes
+
+
+def test_every_operator_suite_plays_the_schema_tiers():
+    from zprl.data.metaworld_experts import METAWORLD_OPERATOR_PROFILES
+
+    assert list(OPERATOR_PROFILES) == list(METAWORLD_OPERATOR_PROFILES) == list(QUALITY_TIERS)
+    assert TIER_IDS == {"expert": 0, "noisy": 1, "poor": 2}  # the LeRobot quality_tier column
 
 
 def test_report_counts_tiers_and_attempts(lift_dataset):

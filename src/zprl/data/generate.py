@@ -25,9 +25,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from zprl.data.episode import Episode
-from zprl.data.experts import QUALITY_TIERS, TIER_IDS, Operator, make_operator
+from zprl.data.experts import TIER_IDS, Operator, make_operator
 from zprl.data.lerobot_writer import LeRobotWriter, lerobot_features
 from zprl.data.robomimic_writer import HDF5_NAME, RobomimicHDF5Writer
+from zprl.data.schema import QUALITY_TIERS
 from zprl.envs import make_env
 
 LEROBOT_DIR, REPORT_NAME = "lerobot", "report.json"

@@ -22,6 +22,7 @@ import numpy as np
 
 from zprl.data.episode import Episode
 from zprl.data.generate import DemoSource, record_episode, register_demo_source
+from zprl.data.operators import OperatorProfile, SimulatedOperator
 from zprl.envs.metaworld_env import MetaWorldEnv
 
 FPS = 80  # MetaWorld steps the simulation 5 x 2.5 ms per action
@@ -32,12 +33,12 @@ DISPLACEMENT = slice(0, 3)  # action dims of the hand displacement; dim 3 is the
 
 
 @dataclass(frozen=True)
-class MetaWorldProfile:
-    """How one quality tier of simulated operator deviates from MetaWorld's scripted policy."""
+class MetaWorldProfile(OperatorProfile):
+    """How one quality tier of simulated operator deviates from MetaWorld's scripted policy.
 
-    action_noise: float = 0.0  # std of Gaussian noise on the hand displacement
-    hesitation_prob: float = 0.0  # per-step chance of starting a pause (hand still, gripper held)
-    hesitation_steps: tuple[int, int] = (0, 0)  # inclusive range of pause lengths
+    ``action_noise`` applies to the hand displacement.
+    """
+
     offset: float = 0.0  # std of a constant per-episode offset on the hand displacement
 
 
@@ -56,43 +57,30 @@ def scripted_policy(task: str):
     return getattr(policies, SCRIPTED_POLICIES[task])()
 
 
-class MetaWorldOperator:
+class MetaWorldOperator(SimulatedOperator):
     """A MetaWorld scripted policy played at one quality tier, deterministic per seed.
 
     Reads the env's latest flat observation (``env.last_raw_obs``), as a teleoperator watches the scene.
     """
 
+    action_size, action_dtype = 4, np.float64
+
     def __init__(self, env: MetaWorldEnv, task: str, tier: str):
-        if tier not in METAWORLD_OPERATOR_PROFILES:
-            raise ValueError(f"Unknown quality tier {tier!r}. Choose one of {list(METAWORLD_OPERATOR_PROFILES)}.")
         self.env = env
-        self.tier = tier
-        self.profile = METAWORLD_OPERATOR_PROFILES[tier]
         self.policy = scripted_policy(task)
-        self.reset(0)
+        super().__init__(tier, METAWORLD_OPERATOR_PROFILES)
 
-    def reset(self, seed: int) -> None:
-        """Start a new episode (after ``env.reset``) with its own random stream."""
-        self.rng = np.random.default_rng(seed)
+    def start_episode(self) -> None:
         self._offset = self.rng.normal(0.0, self.profile.offset, 3)
-        self._pause_left = 0
-        self._gripper = -1.0
 
-    def act(self) -> np.ndarray:
-        """The next action in [-1, 1]^4."""
-        p = self.profile
-        if self._pause_left == 0 and self.rng.random() < p.hesitation_prob:
-            self._pause_left = int(self.rng.integers(p.hesitation_steps[0], p.hesitation_steps[1] + 1))
-        if self._pause_left > 0:
-            self._pause_left -= 1
-            action = np.array([0.0, 0.0, 0.0, self._gripper])
-        else:
-            with warnings.catch_warnings():  # the scripted gains overshoot [-1, 1] by design; the env clips
-                warnings.simplefilter("ignore", UserWarning)
-                action = np.asarray(self.policy.get_action(self.env.last_raw_obs), dtype=np.float64)
-            self._gripper = action[3]
-        action[DISPLACEMENT] += self._offset + self.rng.normal(0.0, p.action_noise, 3)
-        return np.clip(action, -1.0, 1.0).astype(np.float32)
+    def expert_action(self) -> np.ndarray:
+        with warnings.catch_warnings():  # the scripted gains overshoot [-1, 1] by design; the env clips
+            warnings.simplefilter("ignore", UserWarning)
+            return np.asarray(self.policy.get_action(self.env.last_raw_obs), dtype=np.float64)
+
+    def perturb(self, action: np.ndarray) -> np.ndarray:
+        action[DISPLACEMENT] += self._offset + self.rng.normal(0.0, self.profile.action_noise, 3)
+        return action
 
 
 def rollout(env: gym.Env, operator: MetaWorldOperator, seed: int) -> Episode:
