@@ -11,7 +11,14 @@ import torch
 
 from zprl.data.datamodule import LeRobotDataModule, RobomimicDataModule
 from zprl.data.robomimic_writer import validate_robomimic_hdf5
-from zprl.data.schema import ACTION, ENV_STATE, QUALITY_TIERS, STATE
+from zprl.data.schema import (
+    ACTION,
+    ENV_STATE,
+    QUALITY_TIERS,
+    STATE,
+    action_frame_offsets,
+    observation_frame_offsets,
+)
 from zprl.data.selection import parse_filter_key, split_episodes
 
 N_OBS, HORIZON = 2, 8
@@ -161,3 +168,14 @@ def test_robomimic_data_of_another_task_than_the_config_names_is_refused(tiny_li
     with pytest.raises(ValueError, match="--data.init_args.task=lift"):
         data.setup("fit")
     RobomimicDataModule(hdf5_path=str(tiny_lift_dataset / "demo.hdf5"), task="lift", n_obs_steps=1, horizon=8).setup()
+
+
+@pytest.mark.parametrize(("n_obs_steps", "horizon"), [(1, 16), (2, 8), (2, 16)])
+def test_frame_offsets_are_the_policy_configs_delta_indices(n_obs_steps, horizon):
+    """The DataModule fixes its window before the policy config exists (the config is built from the data's
+    spec), so schema restates LeRobot's ``*_delta_indices``; this pins the two together."""
+    from zprl.policy import zprl_config_for
+
+    config = zprl_config_for(2, 16, 2, n_obs_steps=n_obs_steps, horizon=horizon, n_action_steps=1, down_dims=(16, 32))
+    assert observation_frame_offsets(n_obs_steps) == config.observation_delta_indices
+    assert action_frame_offsets(n_obs_steps, horizon) == config.action_delta_indices
