@@ -8,7 +8,7 @@ and ``action_is_pad`` marking frames outside the episode (LeRobot's delta-timest
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -42,11 +42,6 @@ class DatasetSpec:
     env_meta: dict | None = None  # robomimic env_args, when the data came from robomimic
     num_episodes: int = 0
     num_frames: int = 0
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def image_keys(self) -> list[str]:
-        return [IMAGE_PREFIX + cam for cam in self.camera_names]
 
 
 def array_stats(values: np.ndarray) -> dict[str, np.ndarray]:
