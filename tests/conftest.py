@@ -58,18 +58,26 @@ def range_stats(low, high) -> dict[str, np.ndarray]:
     return {"min": low, "max": high, "mean": (low + high) / 2, "std": (high - low) / 4}
 
 
-@pytest.fixture(scope="session")
-def policy_dir(tmp_path_factory):
-    """A tiny untrained ZPRL policy for PushT (state 2, env state 16, action 2) saved with its processors."""
+def save_tiny_pusht_policy(out: Path, **overrides) -> Path:
+    """Save a tiny untrained ZPRL policy for PushT (state 2, env state 16, action 2) with its processors to ``out``.
+
+    ``overrides`` change ZPRLConfig fields of :data:`TINY_PUSHT_POLICY`. Also writes the backward-compatibility
+    artifact (tests/artifacts/make_artifacts.py).
+    """
     from zprl.policy import ZPRLPolicy, make_zprl_pre_post_processors, zprl_config_for
 
     torch.manual_seed(0)
-    config = zprl_config_for(2, 16, 2, **TINY_PUSHT_POLICY)
+    config = zprl_config_for(2, 16, 2, **{**TINY_PUSHT_POLICY, **overrides})
     stats = {"observation.state": range_stats([0, 0], [512, 512]),
              "observation.environment_state": range_stats([0] * 16, [512] * 16),
              "action": range_stats([0, 0], [512, 512])}
     pre, post = make_zprl_pre_post_processors(config, stats)
-    out = tmp_path_factory.mktemp("policy")
     for part in (ZPRLPolicy(config), pre, post):
         part.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def policy_dir(tmp_path_factory):
+    """A tiny untrained ZPRL policy for PushT (see :func:`save_tiny_pusht_policy`)."""
+    return save_tiny_pusht_policy(tmp_path_factory.mktemp("policy"))

@@ -10,9 +10,10 @@ import h5py
 import numpy as np
 import pytest
 
-from zprl.data.experts import TIER_IDS, make_operator
+from zprl.data.experts import OPERATOR_PROFILES, TIER_IDS, make_operator
 from zprl.data.generate import attempt_seed, generate_dataset, rollout
 from zprl.data.robomimic_writer import validate_robomimic_hdf5
+from zprl.data.schema import QUALITY_TIERS
 from zprl.envs import make_env
 from zprl.envs.robomimic_env import STATE_KEYS
 
@@ -51,6 +52,13 @@ def test_lift_expert_succeeds_on_ten_seeds(lift_env):
     operator = make_operator(lift_env.unwrapped, "lift", "expert")
     successes = [rollout(lift_env, operator, seed).success for seed in range(10)]
     assert np.mean(successes) >= 0.9, successes
+
+
+def test_every_operator_suite_plays_the_schema_tiers():
+    from zprl.data.metaworld_experts import METAWORLD_OPERATOR_PROFILES
+
+    assert list(OPERATOR_PROFILES) == list(METAWORLD_OPERATOR_PROFILES) == list(QUALITY_TIERS)
+    assert TIER_IDS == {"expert": 0, "noisy": 1, "poor": 2}  # the LeRobot quality_tier column
 
 
 def test_report_counts_tiers_and_attempts(lift_dataset):
@@ -172,7 +180,8 @@ def test_hdf5_states_replay_observations(lift_dataset, hdf5_demos):
 
 
 def test_bad_task_and_demo_count_fail_fast(tmp_path):
-    with pytest.raises(ValueError, match=r"Choose one of \['box_close', 'can', 'lift', 'push_wall', 'square'\]"):
+    tasks = r"\['box_close', 'can', 'lift', 'push_wall', 'reach', 'square'\]"
+    with pytest.raises(ValueError, match=rf"Choose one of {tasks}"):
         generate_dataset("stack", 2, tmp_path / "a")
     with pytest.raises(ValueError, match="lerobot/pusht"):
         generate_dataset("pusht", 2, tmp_path / "a")
@@ -232,3 +241,6 @@ def test_reach_command_writes_a_biased_lerobot_dataset_and_guards_it(tmp_path, c
         zprl_main(["data", "generate", "--task", "reach", "--demos", "2", "--out", str(out)])
     zprl_main(["data", "generate", "--task", "reach", "--demos", "2", "--out", str(out), "--overwrite"])
     assert load_lerobot_metadata("zprl/reach_biased", root=out).total_episodes == 2
+    with pytest.raises(ValueError, match=r"'lift' takes no generator option 'bias' \(--bias, an option of \['reach'\]"):
+        zprl_main(["data", "generate", "--task", "lift", "--out", str(tmp_path / "lift"), "--bias", "0.2", "0.0"])
+    assert not (tmp_path / "lift").exists()

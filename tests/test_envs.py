@@ -14,6 +14,7 @@ from zprl.envs import TASKS, make_env, make_vector_env
 from zprl.evaluation import EVAL_SEED_OFFSET
 
 OBS_KEYS = {"observation.state", "observation.environment_state"}
+ACTION_DIMS = {"lift": 7, "can": 7, "square": 7, "box_close": 4, "push_wall": 4, "pusht": 2, "reach": 2}
 
 
 @pytest.fixture(scope="module", params=sorted(TASKS))
@@ -26,7 +27,7 @@ def task_env(request):
 def test_env_spaces_and_step(task_env):
     task, env = task_env
     assert set(env.observation_space.spaces) == OBS_KEYS
-    assert env.action_space.shape == (TASKS[task].action_dim,)
+    assert env.action_space.shape == (ACTION_DIMS[task],)
     obs, info = env.reset(seed=0)
     assert obs in env.observation_space
     assert info["is_success"] is False

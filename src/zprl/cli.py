@@ -25,21 +25,13 @@ def lightning_main(args: list[str] | None = None) -> None:
 
 
 def _data_generate(ns: argparse.Namespace) -> None:
-    from zprl.data.generate import generate_dataset
+    from zprl.data.generate import demo_source, generate_dataset
 
-    if ns.task == "reach":
-        from zprl.data.reach_demos import generate_reach_dataset
-
-        root = generate_reach_dataset(ns.demos, ns.out, bias=tuple(ns.bias), seed=ns.seed, overwrite=ns.overwrite)
-        print(f"Wrote {ns.demos} biased PointReach demos (LeRobot format) to {root}")
-        print(f"Next: uv run lightning fit -c conf/pretrain_reach.yaml --data.init_args.root={root}")
-        return
+    options = {} if ns.bias is None else {"bias": tuple(ns.bias)}
     report = generate_dataset(ns.task, ns.demos, ns.out, seed=ns.seed, camera_names=tuple(ns.cameras),
-                              camera_size=ns.camera_size, overwrite=ns.overwrite)
+                              camera_size=ns.camera_size, overwrite=ns.overwrite, **options)
     print(json.dumps(report, indent=2, default=str))
-    print(f"\nWrote {report['hdf5']} (robomimic) and {report['lerobot_root']} (LeRobot); "
-          f"this summary is in {Path(ns.out) / 'report.json'}")
-    print(f"Next: uv run lightning fit -c conf/pretrain.yaml --data.init_args.hdf5_path={report['hdf5']}")
+    print(f"\n{demo_source(ns.task).summary(report)}")
 
 
 def _evaluate(ns: argparse.Namespace) -> None:
@@ -120,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--camera-size", type=int_at_least(1), default=84)
     gen.add_argument("--overwrite", action="store_true",
                      help="replace a dataset this command wrote earlier (folders holding other files are refused)")
-    gen.add_argument("--bias", type=float, nargs=2, default=[0.1, 0.0], help="reach only: the operator's aiming offset")
+    gen.add_argument("--bias", type=float, nargs=2, default=None, metavar=("X", "Y"),
+                     help="reach only: the operator's aiming offset (default 0.1 0.0)")
     gen.set_defaults(func=_data_generate)
 
     ev = sub.add_parser("evaluate", help="roll out a pretrained policy (LeRobot folder or .ckpt)",

@@ -5,28 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from zprl.data.schema import ENV_STATE, STATE, DatasetSpec
-
-
-def split_episodes(episodes: list, val_fraction: float, seed: int) -> tuple[list, list]:
-    """Deterministic episode-level train/validation split (at least one train episode)."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
-    order = np.random.default_rng(seed).permutation(len(episodes))
-    n_val = min(round(val_fraction * len(episodes)), len(episodes) - 1)
-    val = sorted(episodes[i] for i in order[:n_val])
-    train = sorted(episodes[i] for i in order[n_val:])
-    return train, val
+from zprl.data.selection import split_episodes
 
 
 class PolicyDataModule(L.LightningDataModule):
-    """Shared loader logic: subclasses build train/val datasets; ``spec`` and ``stats`` describe the data.
+    """Shared loader logic: subclasses choose the train/val episodes and build their datasets.
 
     ``spec`` (a DatasetSpec) and ``stats`` (LeRobot-format normalisation statistics of the training
     split) are ready after ``setup()``; the pretraining module builds its policy from them.
+    ``val_fraction`` and ``seed`` size and draw the validation split of data that has none of its own
+    (:func:`zprl.data.selection.split_episodes`); ``val_fraction = 0`` turns validation off.
     """
 
     def __init__(self, n_obs_steps: int = 2, horizon: int = 16, batch_size: int = 64, num_workers: int = 0,
@@ -36,6 +27,8 @@ class PolicyDataModule(L.LightningDataModule):
                                  ("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"data.init_args.{name} must be an integer >= {low}, got {value!r}.")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"data.init_args.val_fraction must be in [0, 1), got {val_fraction!r}.")
         if horizon < n_obs_steps:
             raise ValueError(f"data.init_args.horizon ({horizon}) must be >= data.init_args.n_obs_steps "
                              f"({n_obs_steps}): the action chunk starts at the first observed frame.")
@@ -50,13 +43,14 @@ class PolicyDataModule(L.LightningDataModule):
     def _build(self, episodes: list | None) -> Dataset:
         raise NotImplementedError
 
-    def _all_episodes(self) -> list:
+    def _train_val_episodes(self) -> tuple[list, list]:
+        """The (training, validation) episodes."""
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        train_eps, val_eps = split_episodes(self._all_episodes(), self.val_fraction, self.seed)
+        train_eps, val_eps = self._train_val_episodes()
         self.train_set = self._build(train_eps)
         self.val_set = self._build(val_eps) if val_eps else None
         self.spec = self.train_set.spec()
@@ -88,8 +82,12 @@ class PolicyDataModule(L.LightningDataModule):
 class RobomimicDataModule(PolicyDataModule):
     """robomimic HDF5 demos (``data/demo_i``) through robomimic's SequenceDataset.
 
-    ``filter_key`` selects demos by the file's masks, several joined by ``+`` (``"expert+noisy"``);
-    obs keys are robomimic's (``robot0_eef_pos``, ``object``, ``agentview_image``...). ``task``, when given,
+    ``filter_key`` selects demos by the file's masks, several joined by ``+`` (``"expert+noisy"``).
+    As in robomimic, a file's ``mask/train`` and ``mask/valid`` are its train/validation split: when the file
+    has both, the selected demos of ``train`` train and those of ``valid`` validate (``val_fraction`` and
+    ``seed`` then only matter as ``val_fraction = 0``, which trains on every selected demo); a file without
+    them is split by :func:`zprl.data.selection.split_episodes`.
+    Obs keys are robomimic's (``robot0_eef_pos``, ``object``, ``agentview_image``...). ``task``, when given,
     must be the task of the file's ``env_args`` (configs name their run folders and MLflow runs after it, so a
     Can file under a Lift config is an error, not a Can policy exported as Lift's).
     """
@@ -106,16 +104,24 @@ class RobomimicDataModule(PolicyDataModule):
         self.camera_keys = list(camera_keys)
         self.filter_key = filter_key
 
-    def _all_episodes(self) -> list[str]:
-        import h5py
-
+    def _train_val_episodes(self) -> tuple[list[str], list[str]]:
         from zprl.data.robomimic_source import reading_hdf5, resolve_filter_key
         from zprl.data.robomimic_writer import validate_robomimic_hdf5
 
         with reading_hdf5(self.hdf5_path):
             info = validate_robomimic_hdf5(self.hdf5_path)
-            with h5py.File(info["path"], "r") as f:
-                return resolve_filter_key(self.filter_key, info["filter_keys"], info["demos"], f)
+        masks = info["filter_keys"]
+        demos = resolve_filter_key(self.filter_key, masks, info["demos"])
+        if self.val_fraction == 0 or not {"train", "valid"} <= masks.keys():
+            return split_episodes(demos, self.val_fraction, self.seed)
+        train_mask, valid_mask = set(masks["train"]), set(masks["valid"])
+        train = [demo for demo in demos if demo in train_mask]
+        valid = [demo for demo in demos if demo in valid_mask]
+        if not train:
+            raise ValueError(f"None of the demos that filter_key={self.filter_key!r} selects in {info['path']} is in "
+                             "its 'train' mask. Select training demos, or set data.init_args.val_fraction=0 to "
+                             "train on all the selected demos.")
+        return train, valid
 
     def _build(self, episodes: list[str]) -> Dataset:
         from zprl.data.robomimic_source import RobomimicPolicyDataset
@@ -129,7 +135,8 @@ class LeRobotDataModule(PolicyDataModule):
 
     ``task`` names the zprl simulator used for rollout evaluation (``lift``, ``pusht``...), since
     LeRobot metadata carries no robomimic env args. ``cache_in_memory`` keeps decoded samples in RAM
-    (for small low-dim datasets).
+    (for small low-dim datasets). A LeRobot dataset has no train/validation split of its own: the episodes
+    ``quality_filter`` keeps are split by :func:`zprl.data.selection.split_episodes`.
     """
 
     def __init__(self, repo_id: str = "zprl/lift_mh", root: str | None = "data/lift_mh/lerobot",
@@ -142,11 +149,12 @@ class LeRobotDataModule(PolicyDataModule):
         self.quality_filter, self.task, self.video_backend = quality_filter, task, video_backend
         self.meta = None  # LeRobotDatasetMetadata, loaded once at setup and shared by the splits
 
-    def _all_episodes(self) -> list[int]:
+    def _train_val_episodes(self) -> tuple[list[int], list[int]]:
         from zprl.data.lerobot_source import load_lerobot_metadata, quality_episodes
 
         self.meta = load_lerobot_metadata(self.repo_id, root=self.root)
-        return quality_episodes(self.meta, self.quality_filter, self.root, self.video_backend)
+        episodes = quality_episodes(self.meta, self.quality_filter, self.root, self.video_backend)
+        return split_episodes(episodes, self.val_fraction, self.seed)
 
     def _build(self, episodes: list[int]) -> Dataset:
         from zprl.data.lerobot_source import LeRobotPolicyDataset

@@ -18,13 +18,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from zprl.data.operators import GRIPPER_OPEN, OperatorProfile, SimulatedOperator
+from zprl.data.schema import QUALITY_TIERS
 from zprl.envs.robomimic_env import RobomimicEnv
 
 # OSC_POSE scales a unit action to 5 cm of position and 0.5 rad of rotation (controller output_max).
 POS_SCALE, ROT_SCALE = 0.05, 0.5
 # Proportional servo gains: the commanded delta is half the remaining error, capped per waypoint.
 POS_GAIN, ROT_GAIN = 0.5 / POS_SCALE, 0.5 / ROT_SCALE
-OPEN, CLOSE = -1.0, 1.0
+OPEN, CLOSE = GRIPPER_OPEN, 1.0
 YAW_TOL = 0.1  # rad; a waypoint counts as reached only once the fingers are this well aligned
 PICK_PHASES = ("approach", "descend", "close", "lift")
 NUT_PLACE_YAWS = (np.pi / 2, np.pi, -np.pi / 2)  # square-nut headings whose handle does not point along +x
@@ -289,62 +291,50 @@ EXPERTS: dict[str, type[ScriptedExpert]] = {"lift": LiftExpert, "can": CanExpert
 
 
 @dataclass(frozen=True)
-class OperatorProfile:
-    """How one quality tier of simulated operator deviates from the scripted expert."""
+class RobomimicProfile(OperatorProfile):
+    """How one quality tier of simulated robomimic operator deviates from the scripted expert.
 
-    action_noise: float = 0.0  # std of Gaussian noise on the six arm action dims
-    hesitation_prob: float = 0.0  # per-step chance of starting a pause (arm still, gripper held)
-    hesitation_steps: tuple[int, int] = (0, 0)  # inclusive range of pause lengths
+    ``action_noise`` applies to the six arm action dims (position and rotation).
+    """
+
     drift: float = 0.0  # per-step innovation std of a slowly varying bias on the position action
     missed_grasp_prob: float = 0.0  # chance that the first grasp misses the object (then regrasps)
 
 
-QUALITY_TIERS: dict[str, OperatorProfile] = {
-    "expert": OperatorProfile(),
-    "noisy": OperatorProfile(action_noise=0.1, hesitation_prob=0.02, hesitation_steps=(3, 8)),
-    "poor": OperatorProfile(action_noise=0.15, hesitation_prob=0.015, hesitation_steps=(8, 20), drift=0.02,
-                            missed_grasp_prob=0.6),
+# One profile per name in zprl.data.schema.QUALITY_TIERS.
+OPERATOR_PROFILES: dict[str, RobomimicProfile] = {
+    "expert": RobomimicProfile(),
+    "noisy": RobomimicProfile(action_noise=0.1, hesitation_prob=0.02, hesitation_steps=(3, 8)),
+    "poor": RobomimicProfile(action_noise=0.15, hesitation_prob=0.015, hesitation_steps=(8, 20), drift=0.02,
+                             missed_grasp_prob=0.6),
 }
-TIER_IDS: dict[str, int] = {name: i for i, name in enumerate(QUALITY_TIERS)}
+TIER_IDS: dict[str, int] = {name: i for i, name in enumerate(QUALITY_TIERS)}  # the LeRobot quality_tier column
 DRIFT_DECAY = 0.95
 
 
-class Operator:
-    """A simulated teleoperator: a scripted expert played at one quality tier, deterministic per seed."""
+class Operator(SimulatedOperator):
+    """A simulated teleoperator: a scripted robomimic expert played at one quality tier, deterministic per seed."""
+
+    action_size = 7
 
     def __init__(self, expert: ScriptedExpert, tier: str):
-        if tier not in QUALITY_TIERS:
-            raise ValueError(f"Unknown quality tier {tier!r}. Choose one of {list(QUALITY_TIERS)}.")
         self.expert = expert
-        self.tier = tier
-        self.profile = QUALITY_TIERS[tier]
-        self.reset(0)
+        super().__init__(tier, OPERATOR_PROFILES)
 
-    def reset(self, seed: int) -> None:
-        """Start a new episode (after ``env.reset``) with its own random stream."""
-        self.rng = np.random.default_rng(seed)
+    def start_episode(self) -> None:
         missed = self.rng.random() < self.profile.missed_grasp_prob
         self.expert.reset(miss_side=int(self.rng.choice([-1, 1])) if missed else 0)
-        self._pause_left = 0
         self._bias = np.zeros(3)
-        self._gripper = OPEN
 
-    def act(self) -> np.ndarray:
-        """The next action in [-1, 1]^7."""
+    def expert_action(self) -> np.ndarray:
+        return self.expert.act()
+
+    def perturb(self, action: np.ndarray) -> np.ndarray:
         p = self.profile
-        if self._pause_left == 0 and self.rng.random() < p.hesitation_prob:
-            self._pause_left = int(self.rng.integers(p.hesitation_steps[0], p.hesitation_steps[1] + 1))
-        if self._pause_left > 0:
-            self._pause_left -= 1
-            action = np.zeros(7, dtype=np.float32)
-            action[-1] = self._gripper
-        else:
-            action = self.expert.act()
-            self._gripper = action[-1]
         self._bias = DRIFT_DECAY * self._bias + self.rng.normal(0.0, p.drift, 3)
         action[:3] += self._bias
         action[:6] += self.rng.normal(0.0, p.action_noise, 6)
-        return np.clip(action, -1.0, 1.0).astype(np.float32)
+        return action
 
 
 def make_operator(env: RobomimicEnv, task: str, tier: str) -> Operator:

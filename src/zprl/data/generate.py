@@ -1,7 +1,9 @@
-"""Generate a mixed-quality scripted demonstration dataset (robomimic HDF5 + LeRobot + report).
+"""Generate scripted demonstration datasets: ``generate_dataset(task, ...)`` with the task's :class:`DemoSource`.
 
-Demos are collected tier by tier (expert, noisy, poor operators); like robomimic's MH datasets only
-successful attempts are kept, but every attempt is counted, and the per-tier success rates are reported.
+Every task registers one source in :data:`DEMO_SOURCES` (MetaWorld's and PointReach's from their own modules).
+The default is a mixed-quality dataset (robomimic HDF5 + LeRobot + report): demos are collected tier by tier
+(expert, noisy, poor operators); like robomimic's MH datasets only successful attempts are kept, but every
+attempt is counted, and the per-tier success rates are reported.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,11 @@ import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
-from zprl.data.experts import QUALITY_TIERS, TIER_IDS, Operator, make_operator
+from zprl.data.episode import Episode
+from zprl.data.experts import TIER_IDS, Operator, make_operator
 from zprl.data.lerobot_writer import LeRobotWriter, lerobot_features
 from zprl.data.robomimic_writer import HDF5_NAME, RobomimicHDF5Writer
+from zprl.data.schema import QUALITY_TIERS
 from zprl.envs import make_env
 
 LEROBOT_DIR, REPORT_NAME = "lerobot", "report.json"
@@ -38,88 +42,65 @@ MAX_ATTEMPTS_PER_DEMO = 20  # give up on a tier whose success rate is below 1/20
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class Episode:
-    """One rollout of T steps. ``raw_obs`` (robomimic keys) and ``env_obs`` (env keys) hold T+1 observations."""
+def record_episode(env: gym.Env, operator: Any, seed: int, sim_state: Callable[[], Any] | None = None,
+                   raw_obs: Callable[[dict], dict] | None = None,
+                   resync: Callable[[dict, dict], dict] | None = None) -> Episode:
+    """Run ``operator`` in the time-limited ``env`` from ``reset(seed=seed)`` until the episode ends.
 
-    tier: str
-    seed: int
-    model_file: str  # MuJoCo xml the episode ran in (robosuite re-samples object sizes on reset)
-    raw_obs: list[dict[str, np.ndarray]]
-    env_obs: list[dict[str, np.ndarray]]
-    states: np.ndarray  # (T, state_dim) flattened MuJoCo state before each step, as robomimic stores it
-    actions: np.ndarray  # (T, action_dim)
-    rewards: np.ndarray  # (T,)
-    successes: np.ndarray  # (T,) task success after each step
-    dones: np.ndarray  # (T,)
-
-    def __len__(self) -> int:
-        return len(self.actions)
-
-    @property
-    def success(self) -> bool:
-        return bool(len(self) and self.successes[-1])
-
-
-@dataclass(frozen=True)
-class DemoSource:
-    """How :func:`generate_dataset` makes one task's demos (one registered per task in :data:`DEMO_SOURCES`).
+    The env's observations, actions and step outcomes are always recorded; the hooks add what a robomimic
+    HDF5 stores (a source writing only LeRobot data passes none).
 
     Args:
-        make_operator: ``(unwrapped env, tier) -> operator``, an operator having ``tier``, ``reset(seed)``, ``act()``.
-        rollout: ``(time-limited env, operator, seed) -> Episode``, one attempt from ``env.reset(seed=seed)``.
-        env_meta: ``unwrapped env -> dict`` stored as the HDF5's ``env_args``; ``make_env(env_meta=...)`` rebuilds it.
-        description: the LeRobot task string.
-        fps: control frequency, stored in the LeRobot dataset.
+        sim_state: ``() -> state``, the simulator state recorded before each step (the HDF5's ``states``).
+        raw_obs: ``obs -> dict``, the observation under robomimic keys, recorded with every observation.
+        resync: ``(obs, info) -> obs``, the observation to record after a step in place of the env's.
     """
-
-    make_operator: Callable[[gym.Env, str], Any]
-    rollout: Callable[[gym.Env, Any, int], Episode]
-    env_meta: Callable[[gym.Env], dict]
-    description: str
-    fps: int
-
-
-def rollout(env: gym.Env, operator: Operator, seed: int) -> Episode:
-    """Run ``operator`` in the time-limited robomimic ``env`` from ``reset(seed=seed)`` until it ends."""
     obs, _ = env.reset(seed=seed)
     operator.reset(seed)
-    base = env.unwrapped
-    sim = base.robomimic_env.env.sim
-    model_file = base.get_sim_state()["model"]
-    raw_obs, env_obs = [base.last_raw_obs], [obs]
+    env_obs = [obs]
+    raws = [raw_obs(obs)] if raw_obs else []
     states, actions, rewards, successes, dones = [], [], [], [], []
     done = False
     while not done:
-        states.append(np.array(sim.get_state().flatten()))
+        if sim_state:
+            states.append(sim_state())
         action = operator.act()
         obs, reward, terminated, truncated, info = env.step(action)
         done = terminated or truncated
-        if not info.get("env_crashed"):
-            # robosuite observes right after mj_step, whose body poses lag the new joint state by one physics
-            # substep; like robomimic's dataset_states_to_obs, re-derive the observation from the simulator
-            # state so that reset_to(states[t]) reproduces obs[t] exactly (the dynamics are unaffected)
-            obs = base.reset_to({"states": sim.get_state().flatten()})
-        raw_obs.append(base.last_raw_obs)
+        if resync:
+            obs = resync(obs, info)
+        if raw_obs:
+            raws.append(raw_obs(obs))
         env_obs.append(obs)
         actions.append(action)
         rewards.append(reward)
         successes.append(info["is_success"])
         dones.append(done)
-    return Episode(operator.tier, seed, model_file, raw_obs, env_obs, np.asarray(states), np.asarray(actions),
-                   np.asarray(rewards, dtype=float), np.asarray(successes, dtype=bool), np.asarray(dones, dtype=bool))
+    return Episode(tier=operator.tier, seed=seed, env_obs=env_obs, actions=np.asarray(actions),
+                   rewards=np.asarray(rewards, dtype=float), successes=np.asarray(successes, dtype=bool),
+                   dones=np.asarray(dones, dtype=bool), raw_obs=raws,
+                   states=np.asarray(states) if sim_state else None)
 
 
-DEMO_SOURCES: dict[str, DemoSource] = {
-    task: DemoSource(make_operator=lambda env, tier, task=task: make_operator(env, task, tier), rollout=rollout,
-                     env_meta=lambda env: env.robomimic_env.serialize(), description=description, fps=FPS)
-    for task, description in TASK_DESCRIPTIONS.items()
-}
+def rollout(env: gym.Env, operator: Operator, seed: int) -> Episode:
+    """One attempt of ``operator`` in the time-limited robomimic ``env``, with what the robomimic HDF5 stores."""
+    base = env.unwrapped
 
+    def sim_state() -> np.ndarray:  # robosuite rebuilds its simulator on hard resets: look it up each time
+        return np.array(base.robomimic_env.env.sim.get_state().flatten())
 
-def register_demo_source(task: str, source: DemoSource) -> None:
-    """Make ``task`` available to :func:`generate_dataset` (and ``zprl data generate --task``)."""
-    DEMO_SOURCES[task] = source
+    def resync(obs: dict, info: dict) -> dict:
+        if info.get("env_crashed"):
+            return obs
+        # robosuite observes right after mj_step, whose body poses lag the new joint state by one physics
+        # substep; like robomimic's dataset_states_to_obs, re-derive the observation from the simulator
+        # state so that reset_to(states[t]) reproduces obs[t] exactly (the dynamics are unaffected)
+        return base.reset_to({"states": sim_state()})
+
+    episode = record_episode(env, operator, seed, sim_state=sim_state, raw_obs=lambda obs: base.last_raw_obs,
+                             resync=resync)
+    episode.model_file = base.get_sim_state()["model"]  # the episode's MuJoCo xml (no reset since)
+    return episode
 
 
 def tier_counts(num_demos: int, tier_fractions: Sequence[float]) -> dict[str, int]:
@@ -237,10 +218,11 @@ def staged_output(out: Path, overwrite: bool, owned: frozenset[str] = OUTPUT_NAM
         raise
 
 
-def collect_tier(env: gym.Env, task: str, tier: str, count: int, seed: int, writers: Sequence, bar: tqdm) -> dict:
+def collect_tier(env: gym.Env, source: DemoSource, request: DemoRequest, tier: str, count: int, writers: Sequence,
+                 bar: tqdm) -> dict:
     """Roll out the ``tier`` operator until ``count`` successful demos are written; returns the tier's stats."""
-    source = DEMO_SOURCES[task]
-    operator = source.make_operator(env.unwrapped, tier)
+    task, seed = request.task, request.seed
+    operator = source.make_operator(env.unwrapped, tier, **request.options)
     attempts, lengths = 0, []
     while len(lengths) < count:
         if attempts >= MAX_ATTEMPTS_PER_DEMO * count:
@@ -258,49 +240,38 @@ def collect_tier(env: gym.Env, task: str, tier: str, count: int, seed: int, writ
             "mean_length": float(np.mean(lengths)) if lengths else None}
 
 
-def generate_dataset(task: str, num_demos: int, out: str | Path, seed: int = 0,
-                     tier_fractions: Sequence[float] = (0.5, 0.3, 0.2), camera_names: Sequence[str] = (),
-                     camera_size: int = 84, progress: bool = True, overwrite: bool = False) -> dict:
-    """Collect ``num_demos`` successful scripted demos of ``task`` and write them under ``out``.
+@dataclass(frozen=True)
+class DemoRequest:
+    """What one :func:`generate_dataset` call asks for, checked; a :class:`DemoSource`'s ``write`` receives it."""
 
-    Writes ``<out>/demo.hdf5`` (robomimic, with tier and train/valid masks), ``<out>/lerobot``
-    (LeRobot v3, repo_id ``zprl/<out name>``) and ``<out>/report.json``; returns the report, with
-    per-tier ``attempts``, ``demos``, ``success_rate`` and ``mean_length``. Everything is written to a
-    hidden staging folder beside ``out`` that becomes ``out`` only once complete: an error, Ctrl-C or kill
-    never leaves a partial dataset at ``out``, and a rerun starts cleanly. ``overwrite`` replaces a dataset
-    this function wrote, never a folder holding other files.
-    """
-    if task not in DEMO_SOURCES:
-        raise ValueError(f"No scripted expert for task {task!r}. Choose one of {sorted(DEMO_SOURCES)}"
-                         + (" (for PushT use the LeRobot hub dataset repo_id='lerobot/pusht')." if task == "pusht"
-                            else "."))
-    if num_demos < 1:
-        raise ValueError(f"num_demos must be >= 1, got {num_demos}.")
-    counts = tier_counts(num_demos, tier_fractions)
-    out = Path(out)
-    with staged_output(out, overwrite) as staging:
-        staging.mkdir()
-        report = _write_dataset(task, num_demos, counts, out, staging, seed, tier_fractions, camera_names,
-                                camera_size, progress)
-    return report
+    task: str
+    num_demos: int
+    out: Path  # the final folder: reports name paths under it, while ``write`` writes into a staging folder
+    seed: int
+    tier_fractions: tuple[float, ...]
+    camera_names: tuple[str, ...]
+    camera_size: int
+    progress: bool
+    options: dict[str, Any]  # the source's generator options, defaults filled in
 
 
-def _write_dataset(task: str, num_demos: int, counts: dict[str, int], out: Path, staging: Path, seed: int,
-                   tier_fractions: Sequence[float], camera_names: Sequence[str], camera_size: int,
-                   progress: bool) -> dict:
-    """Collect and write the dataset into ``staging``; the report names the final paths under ``out``."""
+def write_mixed_quality_dataset(source: DemoSource, request: DemoRequest, staging: Path) -> dict:
+    """Collect successful demos tier by tier and write ``demo.hdf5`` (robomimic), ``lerobot/`` and
+    ``report.json`` into ``staging``; returns the report, which names the final paths under ``request.out``."""
     start = time.time()
-    source = DEMO_SOURCES[task]
-    env = make_env(task, camera_names=tuple(camera_names), camera_size=camera_size)
-    repo_id = f"zprl/{out.resolve().name}"
+    task, seed = request.task, request.seed
+    counts = tier_counts(request.num_demos, request.tier_fractions)
+    staging.mkdir()
+    env = make_env(task, camera_names=request.camera_names, camera_size=request.camera_size)
+    repo_id = f"zprl/{request.out.resolve().name}"
     hdf5 = RobomimicHDF5Writer(staging / HDF5_NAME, source.env_meta(env.unwrapped))
     lerobot = None
     try:
         lerobot = LeRobotWriter(staging / LEROBOT_DIR, repo_id, source.fps,
                                 lerobot_features(env.observation_space, env.action_space.shape[0]),
                                 source.description)
-        with tqdm(total=num_demos, desc=f"{task} demos", disable=not progress) as bar:
-            tiers = {tier: collect_tier(env, task, tier, count, seed, (hdf5, lerobot), bar)
+        with tqdm(total=request.num_demos, desc=f"{task} demos", disable=not request.progress) as bar:
+            tiers = {tier: collect_tier(env, source, request, tier, count, (hdf5, lerobot), bar)
                      for tier, count in counts.items()}
         masks = hdf5.close(seed=seed)
         lerobot.close()
@@ -311,9 +282,10 @@ def _write_dataset(task: str, num_demos: int, counts: dict[str, int], out: Path,
         hdf5.file.close()  # idempotent; the staging folder is deleted on failure
         env.close()
 
+    out = request.out
     report = {
-        "task": task, "num_demos": num_demos, "seed": seed, "tier_fractions": list(tier_fractions),
-        "camera_names": list(camera_names), "camera_size": camera_size, "tiers": tiers,
+        "task": task, "num_demos": request.num_demos, "seed": seed, "tier_fractions": list(request.tier_fractions),
+        "camera_names": list(request.camera_names), "camera_size": request.camera_size, "tiers": tiers,
         "total_samples": hdf5.total, "filter_keys": {key: len(names) for key, names in masks.items()},
         "hdf5": str(out / HDF5_NAME), "lerobot_root": str(out / LEROBOT_DIR), "repo_id": repo_id, "fps": source.fps,
         "seconds": round(time.time() - start, 1),
@@ -322,5 +294,95 @@ def _write_dataset(task: str, num_demos: int, counts: dict[str, int], out: Path,
     return report
 
 
+def mixed_quality_summary(report: dict) -> str:
+    """What :func:`write_mixed_quality_dataset` wrote, and the command that pretrains on it."""
+    return (f"Wrote {report['hdf5']} (robomimic) and {report['lerobot_root']} (LeRobot); this summary is in "
+            f"{Path(report['hdf5']).parent / REPORT_NAME}\n"
+            f"Next: uv run lightning fit -c conf/pretrain.yaml --data.init_args.hdf5_path={report['hdf5']}")
+
+
+@dataclass(frozen=True)
+class DemoSource:
+    """How ``zprl data generate --task <task>`` makes one task's demos (one registered per task in
+    :data:`DEMO_SOURCES`). The defaults give a mixed-quality dataset (robomimic HDF5 + LeRobot + report).
+
+    Args:
+        make_operator: ``(unwrapped env, tier, **options) -> operator``, an operator having ``tier``,
+            ``reset(seed)`` and ``act()``.
+        rollout: ``(time-limited env, operator, seed) -> Episode``, one attempt from ``env.reset(seed=seed)``.
+        description: the LeRobot task string.
+        fps: control frequency, stored in the LeRobot dataset.
+        env_meta: ``unwrapped env -> dict`` stored as the HDF5's ``env_args``; ``make_env(env_meta=...)`` rebuilds
+            it (None for a source that writes no HDF5).
+        write: ``(source, request, staging folder) -> report``: collects the demos and writes the dataset.
+        summary: ``report -> str``, what was written and the command that trains on it (printed by the CLI).
+        output_names: what ``write`` puts in the output folder, all that ``overwrite`` may replace.
+        options: the source's own generator options with their defaults, passed to ``make_operator``.
+    """
+
+    make_operator: Callable[..., Any]
+    rollout: Callable[[gym.Env, Any, int], Episode]
+    description: str
+    fps: int
+    env_meta: Callable[[gym.Env], dict] | None = None
+    write: Callable[[DemoSource, DemoRequest, Path], dict] = write_mixed_quality_dataset
+    summary: Callable[[dict], str] = mixed_quality_summary
+    output_names: frozenset[str] = OUTPUT_NAMES
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+DEMO_SOURCES: dict[str, DemoSource] = {
+    task: DemoSource(make_operator=lambda env, tier, task=task: make_operator(env, task, tier), rollout=rollout,
+                     description=description, fps=FPS, env_meta=lambda env: env.robomimic_env.serialize())
+    for task, description in TASK_DESCRIPTIONS.items()
+}
+
+
+def register_demo_source(task: str, source: DemoSource) -> None:
+    """Make ``task`` available to :func:`generate_dataset` (and ``zprl data generate --task``)."""
+    DEMO_SOURCES[task] = source
+
+
+def demo_source(task: str) -> DemoSource:
+    """The registered source of ``task``'s demos; an unknown task raises ValueError naming the known ones."""
+    if task not in DEMO_SOURCES:
+        raise ValueError(f"No scripted expert for task {task!r}. Choose one of {sorted(DEMO_SOURCES)}"
+                         + (" (for PushT use the LeRobot hub dataset repo_id='lerobot/pusht')." if task == "pusht"
+                            else "."))
+    return DEMO_SOURCES[task]
+
+
+def generate_dataset(task: str, num_demos: int, out: str | Path, seed: int = 0,
+                     tier_fractions: Sequence[float] = (0.5, 0.3, 0.2), camera_names: Sequence[str] = (),
+                     camera_size: int = 84, progress: bool = True, overwrite: bool = False, **options: Any) -> dict:
+    """Make ``num_demos`` scripted demos of ``task`` with its :class:`DemoSource` and write them under ``out``.
+
+    The mixed-quality sources (robomimic and MetaWorld tasks) keep successful attempts only and write
+    ``<out>/demo.hdf5`` (robomimic, with tier and train/valid masks), ``<out>/lerobot`` (LeRobot v3, repo_id
+    ``zprl/<out name>``) and ``<out>/report.json``, whose report (returned) has per-tier ``attempts``, ``demos``,
+    ``success_rate`` and ``mean_length``; PointReach writes one LeRobot dataset of a biased operator at ``out``
+    (see :mod:`zprl.data.reach_demos`). ``options`` are the source's own (PointReach: ``bias``).
+    Everything is written to a hidden staging folder beside ``out`` that becomes ``out`` only once complete: an
+    error, Ctrl-C or kill never leaves a partial dataset at ``out``, and a rerun starts cleanly. ``overwrite``
+    replaces a dataset this function wrote, never a folder holding other files.
+    """
+    source = demo_source(task)
+    unknown = sorted(set(options) - set(source.options))
+    if unknown:
+        owners = {name: sorted(t for t, other in DEMO_SOURCES.items() if name in other.options) for name in unknown}
+        raise ValueError(f"Task {task!r} takes no generator option "
+                         + ", ".join(f"{name!r} (--{name}, an option of {owners[name] or 'no task'})"
+                                     for name in unknown) + ". Drop it.")
+    if num_demos < 1:
+        raise ValueError(f"num_demos must be >= 1, got {num_demos}.")
+    tier_counts(num_demos, tier_fractions)  # check the fractions before touching the disk
+    request = DemoRequest(task, num_demos, Path(out), seed, tuple(tier_fractions), tuple(camera_names), camera_size,
+                          progress, {**source.options, **options})
+    with staged_output(request.out, overwrite, source.output_names) as staging:
+        report = source.write(source, request, staging)
+    return report
+
+
 # Demo sources of other simulators register themselves on import (as robomimic's algorithm factories do).
 import zprl.data.metaworld_experts  # noqa: E402, F401
+import zprl.data.reach_demos  # noqa: E402, F401

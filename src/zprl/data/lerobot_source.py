@@ -20,8 +20,8 @@ from zprl.data.schema import (
     DatasetSpec,
     action_frame_offsets,
     observation_frame_offsets,
-    parse_quality_filter,
 )
+from zprl.data.selection import parse_filter_key
 
 QUALITY_COLUMN = "quality_tier"
 
@@ -80,12 +80,9 @@ def load_lerobot_metadata(repo_id: str, root: str | Path | None = None) -> LeRob
 def quality_episodes(meta: LeRobotDatasetMetadata, quality_filter: str | None, root: str | Path | None = None,
                      video_backend: str | None = "pyav") -> list[int]:
     """Episode indices whose ``quality_tier`` is in ``quality_filter`` (``"expert+noisy"``); None keeps all."""
-    tiers = parse_quality_filter(quality_filter)
+    tiers = parse_filter_key(quality_filter, QUALITY_TIERS, "quality tier", "the quality tiers")
     if tiers is None:
         return list(range(meta.total_episodes))
-    unknown = [t for t in tiers if t not in QUALITY_TIERS]
-    if unknown:
-        raise ValueError(f"Unknown quality tiers {unknown}; use names from {QUALITY_TIERS} joined by '+'.")
     if QUALITY_COLUMN not in meta.features:
         raise KeyError(f"`quality_filter` needs a {QUALITY_COLUMN!r} column, which {meta.repo_id!r} lacks "
                        f"(only zprl-generated datasets have it): set quality_filter to null.")

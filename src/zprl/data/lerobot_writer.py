@@ -11,18 +11,15 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import datasets
 import gymnasium as gym
 import numpy as np
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+from zprl.data.episode import Episode
 from zprl.data.experts import TIER_IDS
 from zprl.data.schema import ACTION, DONE, IMAGE_PREFIX, OBS_PREFIX, REWARD, SUCCESS
-
-if TYPE_CHECKING:
-    from zprl.data.generate import Episode
 
 SCALAR = (1,)
 

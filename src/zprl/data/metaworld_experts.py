@@ -20,7 +20,9 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from zprl.data.generate import DemoSource, Episode, register_demo_source
+from zprl.data.episode import Episode
+from zprl.data.generate import DemoSource, record_episode, register_demo_source
+from zprl.data.operators import OperatorProfile, SimulatedOperator
 from zprl.data.schema import ENV_STATE, IMAGE_PREFIX, STATE
 from zprl.envs.metaworld_env import MetaWorldEnv
 
@@ -32,12 +34,12 @@ DISPLACEMENT = slice(0, 3)  # action dims of the hand displacement; dim 3 is the
 
 
 @dataclass(frozen=True)
-class MetaWorldProfile:
-    """How one quality tier of simulated operator deviates from MetaWorld's scripted policy."""
+class MetaWorldProfile(OperatorProfile):
+    """How one quality tier of simulated operator deviates from MetaWorld's scripted policy.
 
-    action_noise: float = 0.0  # std of Gaussian noise on the hand displacement
-    hesitation_prob: float = 0.0  # per-step chance of starting a pause (hand still, gripper held)
-    hesitation_steps: tuple[int, int] = (0, 0)  # inclusive range of pause lengths
+    ``action_noise`` applies to the hand displacement.
+    """
+
     offset: float = 0.0  # std of a constant per-episode offset on the hand displacement
 
 
@@ -56,67 +58,39 @@ def scripted_policy(task: str):
     return getattr(policies, SCRIPTED_POLICIES[task])()
 
 
-class MetaWorldOperator:
+class MetaWorldOperator(SimulatedOperator):
     """A MetaWorld scripted policy played at one quality tier, deterministic per seed.
 
     Reads the env's latest flat observation (``env.last_raw_obs``), as a teleoperator watches the scene.
     """
 
+    action_size, action_dtype = 4, np.float64
+
     def __init__(self, env: MetaWorldEnv, task: str, tier: str):
-        if tier not in METAWORLD_OPERATOR_PROFILES:
-            raise ValueError(f"Unknown quality tier {tier!r}. Choose one of {list(METAWORLD_OPERATOR_PROFILES)}.")
         self.env = env
-        self.tier = tier
-        self.profile = METAWORLD_OPERATOR_PROFILES[tier]
         self.policy = scripted_policy(task)
-        self.reset(0)
+        super().__init__(tier, METAWORLD_OPERATOR_PROFILES)
 
-    def reset(self, seed: int) -> None:
-        """Start a new episode (after ``env.reset``) with its own random stream."""
-        self.rng = np.random.default_rng(seed)
+    def start_episode(self) -> None:
         self._offset = self.rng.normal(0.0, self.profile.offset, 3)
-        self._pause_left = 0
-        self._gripper = -1.0
 
-    def act(self) -> np.ndarray:
-        """The next action in [-1, 1]^4."""
-        p = self.profile
-        if self._pause_left == 0 and self.rng.random() < p.hesitation_prob:
-            self._pause_left = int(self.rng.integers(p.hesitation_steps[0], p.hesitation_steps[1] + 1))
-        if self._pause_left > 0:
-            self._pause_left -= 1
-            action = np.array([0.0, 0.0, 0.0, self._gripper])
-        else:
-            with warnings.catch_warnings():  # the scripted gains overshoot [-1, 1] by design; the env clips
-                warnings.simplefilter("ignore", UserWarning)
-                action = np.asarray(self.policy.get_action(self.env.last_raw_obs), dtype=np.float64)
-            self._gripper = action[3]
-        action[DISPLACEMENT] += self._offset + self.rng.normal(0.0, p.action_noise, 3)
-        return np.clip(action, -1.0, 1.0).astype(np.float32)
+    def expert_action(self) -> np.ndarray:
+        with warnings.catch_warnings():  # the scripted gains overshoot [-1, 1] by design; the env clips
+            warnings.simplefilter("ignore", UserWarning)
+            return np.asarray(self.policy.get_action(self.env.last_raw_obs), dtype=np.float64)
+
+    def perturb(self, action: np.ndarray) -> np.ndarray:
+        action[DISPLACEMENT] += self._offset + self.rng.normal(0.0, self.profile.action_noise, 3)
+        return action
 
 
 def rollout(env: gym.Env, operator: MetaWorldOperator, seed: int) -> Episode:
-    """Run ``operator`` in the time-limited MetaWorld ``env`` from ``reset(seed=seed)`` until it ends."""
-    obs, _ = env.reset(seed=seed)
-    operator.reset(seed)
+    """One attempt of ``operator`` in the time-limited MetaWorld ``env``, with what the robomimic HDF5 stores."""
     base: MetaWorldEnv = env.unwrapped
-    env_obs = [obs]
-    states, actions, rewards, successes, dones = [], [], [], [], []
-    done = False
-    while not done:
-        states.append(base.get_sim_state())
-        action = operator.act()
-        obs, reward, terminated, truncated, info = env.step(action)
-        done = terminated or truncated
-        env_obs.append(obs)
-        actions.append(action)
-        rewards.append(reward)
-        successes.append(info["is_success"])
-        dones.append(done)
-    raw_obs = [robomimic_obs(frame, base.camera_names) for frame in env_obs]
-    return Episode(operator.tier, seed, base.sim_env.model_name, raw_obs, env_obs, np.asarray(states),
-                   np.asarray(actions), np.asarray(rewards, dtype=float), np.asarray(successes, dtype=bool),
-                   np.asarray(dones, dtype=bool))
+    episode = record_episode(env, operator, seed, sim_state=base.get_sim_state,
+                             raw_obs=lambda obs: robomimic_obs(obs, base.camera_names))
+    episode.model_file = base.sim_env.model_name
+    return episode
 
 
 def robomimic_obs(obs: dict[str, np.ndarray], camera_names: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -129,4 +103,4 @@ def robomimic_obs(obs: dict[str, np.ndarray], camera_names: tuple[str, ...]) -> 
 for name, description in DESCRIPTIONS.items():
     register_demo_source(name, DemoSource(
         make_operator=lambda env, tier, task=name: MetaWorldOperator(env, task, tier), rollout=rollout,
-        env_meta=lambda env: env.env_meta, description=description, fps=FPS))
+        description=description, fps=FPS, env_meta=lambda env: env.env_meta))

@@ -28,6 +28,7 @@ from zprl.data.schema import (
     array_stats,
     image_stats,
 )
+from zprl.data.selection import parse_filter_key
 from zprl.envs.tasks import SIM_NAME_TO_TASK
 from zprl.logging_setup import quiet_stdout
 
@@ -49,18 +50,14 @@ def reading_hdf5(path: str | Path) -> Iterator[None]:
                          "or download it again.") from err
 
 
-def resolve_filter_key(filter_key: str | None, available: list[str], all_demos: list[str],
-                       hdf5_file: h5py.File) -> list[str]:
-    """Demos selected by a robomimic filter key; ``"expert+noisy"`` takes the union of several masks."""
-    if not filter_key:
+def resolve_filter_key(filter_key: str | None, masks: dict[str, list[str]], all_demos: list[str]) -> list[str]:
+    """Demos selected by a robomimic filter key, in the order of ``all_demos``; ``"expert+noisy"`` takes the
+    union of several ``masks`` (``{filter key: demo names}``, as ``validate_robomimic_hdf5`` reads them)."""
+    keys = parse_filter_key(filter_key, sorted(masks), "filter key", "the file's masks")
+    if keys is None:
         return list(all_demos)
-    selected: set[str] = set()
-    for key in filter_key.split("+"):
-        if key not in available:
-            raise ValueError(f"Filter key {key!r} is not in the file; its masks are {sorted(available)}. "
-                             f"Use one of them, or several joined by '+'.")
-        selected.update(name.decode() for name in hdf5_file[f"mask/{key}"][:])
-    return sorted(selected, key=lambda name: int(name.split("_")[-1]))
+    selected = {demo for key in keys for demo in masks[key]}
+    return [demo for demo in all_demos if demo in selected]
 
 
 class _DemoSubsetSequenceDataset(SequenceDataset):

@@ -11,27 +11,16 @@ Layout (as robomimic's own datasets, readable by ``robomimic.utils.dataset.Seque
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
-if TYPE_CHECKING:
-    from zprl.data.generate import Episode
+from zprl.data.episode import Episode
+from zprl.data.selection import split_episodes
 
 GENERATE_HINT = "zprl data generate --task lift --demos 100 --out data/lift_mh"
 HDF5_NAME = "demo.hdf5"
-
-
-def split_train_valid(demos: Sequence[str], valid_fraction: float = 0.1, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Random train/valid split of demo names (at least one valid demo when there are two or more)."""
-    order = np.random.default_rng(seed).permutation(len(demos))
-    num_valid = max(1, round(valid_fraction * len(demos))) if len(demos) > 1 else 0
-    valid = sorted((demos[i] for i in order[:num_valid]), key=demo_index)
-    train = sorted((demos[i] for i in order[num_valid:]), key=demo_index)
-    return train, valid
 
 
 def demo_index(name: str) -> int:
@@ -71,9 +60,12 @@ class RobomimicHDF5Writer:
         return name
 
     def close(self, valid_fraction: float = 0.1, seed: int = 0) -> dict[str, list[str]]:
-        """Write ``data.attrs["total"]`` and the non-empty filter masks, close the file; returns the masks."""
+        """Write ``data.attrs["total"]`` and the non-empty filter masks, close the file; returns the masks.
+
+        ``train`` / ``valid`` are :func:`zprl.data.selection.split_episodes` of the demos.
+        """
         demos = list(self.demo_tiers)
-        train, valid = split_train_valid(demos, valid_fraction, seed)
+        train, valid = split_episodes(demos, valid_fraction, seed)
         masks = {"train": train, "valid": valid}
         for tier in dict.fromkeys(self.demo_tiers.values()):
             masks[tier] = [d for d in demos if self.demo_tiers[d] == tier]

@@ -8,7 +8,7 @@ and ``action_is_pad`` marking frames outside the episode (LeRobot's delta-timest
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -54,11 +54,6 @@ class DatasetSpec:
     env_meta: dict | None = None  # robomimic env_args, when the data came from robomimic
     num_episodes: int = 0
     num_frames: int = 0
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def image_keys(self) -> list[str]:
-        return [IMAGE_PREFIX + cam for cam in self.camera_names]
 
 
 def array_stats(values: np.ndarray) -> dict[str, np.ndarray]:
@@ -84,8 +79,3 @@ def image_stats(images_hwc_uint8: np.ndarray) -> dict[str, np.ndarray]:
 # Operator-quality tiers of mixed-quality data, in the order of the LeRobot ``quality_tier`` column
 # (0, 1, 2) and the names of the robomimic HDF5 masks.
 QUALITY_TIERS = ("expert", "noisy", "poor")
-
-
-def parse_quality_filter(filter_key: str | None) -> list[str] | None:
-    """``"expert+noisy"`` -> ["expert", "noisy"]; None or "" -> None (all demos)."""
-    return filter_key.split("+") if filter_key else None

@@ -11,18 +11,17 @@ class TaskSpec:
     suite: str  # "robomimic", "metaworld", "pusht" or "reach"
     sim_name: str  # robosuite env name, MetaWorld env name or gymnasium id
     max_episode_steps: int
-    action_dim: int
 
 
 TASKS: dict[str, TaskSpec] = {
-    "lift": TaskSpec("lift", "robomimic", "Lift", 300, 7),
-    "can": TaskSpec("can", "robomimic", "PickPlaceCan", 400, 7),
-    "square": TaskSpec("square", "robomimic", "NutAssemblySquare", 400, 7),
+    "lift": TaskSpec("lift", "robomimic", "Lift", 300),
+    "can": TaskSpec("can", "robomimic", "PickPlaceCan", 400),
+    "square": TaskSpec("square", "robomimic", "NutAssemblySquare", 400),
     # MetaWorld: 200-step episodes as the authors' runs (MetaWorld's own limit is 500)
-    "box_close": TaskSpec("box_close", "metaworld", "box-close-v3", 200, 4),
-    "push_wall": TaskSpec("push_wall", "metaworld", "push-wall-v3", 200, 4),
-    "pusht": TaskSpec("pusht", "pusht", "gym_pusht/PushT-v0", 300, 2),
-    "reach": TaskSpec("reach", "reach", "PointReach", 40, 2),
+    "box_close": TaskSpec("box_close", "metaworld", "box-close-v3", 200),
+    "push_wall": TaskSpec("push_wall", "metaworld", "push-wall-v3", 200),
+    "pusht": TaskSpec("pusht", "pusht", "gym_pusht/PushT-v0", 300),
+    "reach": TaskSpec("reach", "reach", "PointReach", 40),
 }
 
 ROBOSUITE_NAME_TO_TASK = {spec.sim_name: name for name, spec in TASKS.items() if spec.suite == "robomimic"}
