@@ -22,6 +22,7 @@ from zprl.data.generate import (
     register_demo_source,
 )
 from zprl.data.lerobot_writer import LeRobotWriter, lerobot_features
+from zprl.data.schema import OBS_ENV_STATE, OBS_STATE
 from zprl.envs import make_env
 from zprl.envs.reach import PointReachEnv, scripted_reach_action
 
@@ -45,7 +46,7 @@ class BiasedReachOperator:
         """Nothing to draw: the operator is deterministic."""
 
     def act(self) -> np.ndarray:
-        obs = {"observation.state": self.env.position, "observation.environment_state": self.env.goal}
+        obs = {OBS_STATE: self.env.position, OBS_ENV_STATE: self.env.goal}
         return scripted_reach_action(obs, self.bias)
 
 
