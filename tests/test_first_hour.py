@@ -206,3 +206,20 @@ def test_unbounded_epochs_show_no_negative_last_epoch(tmp_path):
                          default_root_dir=tmp_path, limit_train_batches=1, limit_val_batches=0)
     bounded.fit(BoringModel())
     assert bounded.progress_bar_callback._get_train_description(3).strip() == "Epoch 3/4"
+
+
+@pytest.mark.parametrize("config", ["conf/pretrain.yaml", "conf/zprl_online.yaml", "conf/pretrain_reach.yaml"])
+def test_mlflow_is_the_default_logger_set_in_one_place(config, tmp_path):
+    """Configs name only the experiment and run; the CLI supplies MLflow and the store ($MLFLOW_TRACKING_URI)."""
+    import yaml
+
+    assert "tracking_uri" not in (ROOT / config).read_text()
+    uri = f"sqlite:///{tmp_path / 'runs.db'}"
+    printed = subprocess.run([sys.executable, "-c", "from zprl.cli import lightning_main; lightning_main()", "fit",
+                              "-c", config, "--print_config"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    logger = yaml.safe_load(printed.stdout)["trainer"]["logger"]
+    assert logger["class_path"] == "lightning.pytorch.loggers.MLFlowLogger"
+    assert logger["init_args"]["tracking_uri"] == uri and logger["init_args"]["log_model"] is False
+    assert logger["init_args"]["experiment_name"].startswith("zprl-")

@@ -16,7 +16,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import MLFlowLogger
 
 from zprl.checkpointing import resolve_resume_checkpoint
-from zprl.tracking import MLflowSaveConfigCallback, flatten_config, prepare_tracking
+from zprl.tracking import MLflowSaveConfigCallback, flatten_config, prepare_tracking, tracking_uri
 
 MLFLOW_RUN_KEY = "zprl_mlflow_run_id"  # checkpoint entry: the MLflow run a resumed run continues
 # Model settings that may differ between a checkpoint and the resumed run: the budget and evaluation schedule.
@@ -89,6 +89,11 @@ class ZPRLLightningCLI(LightningCLI):
     with the checkpoint's, the run keeps the command line's budget / evaluation schedule and refuses any
     other difference (architecture, steering, method) with an error listing them.
     """
+
+    def add_arguments_to_parser(self, parser) -> None:
+        """MLflow is every run's logger unless a config names another: configs set only its names."""
+        parser.set_defaults({"trainer.logger": {"class_path": "lightning.pytorch.loggers.MLFlowLogger",
+                                                "init_args": {"tracking_uri": tracking_uri(), "log_model": False}}})
 
     def before_instantiate_classes(self) -> None:
         """Ready every MLflow logger's store (created once under a lock) or server (probed) before the run."""
