@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -44,6 +45,7 @@ def main() -> None:
                         help="task overlay applied after the benchmark overlay (conf/tasks/<task>_pretrain.yaml); "
                              "repeatable")
     parser.add_argument("--skip-training", action="store_true", help="evaluate an existing <out>/policy")
+    parser.add_argument("--report", default="quality.json", help="file in <out> the summary is written to")
     parser.add_argument("--conditioning", nargs="+", default=["latent", "raw"], choices=["latent", "raw"],
                         help="generator conditionings to evaluate (raw needs vib_training decoupled/posthoc)")
     args, lightning_overrides = parser.parse_known_args()  # anything else goes to LightningCLI
@@ -77,8 +79,13 @@ def main() -> None:
     if "latent" in summary:
         summary["latent_ratio_to_bar"] = summary["latent"]["success_rate"] / QUALITY_BAR
     if "latent" in summary and "raw" in summary:
-        summary["latent_minus_raw"] = summary["latent"]["success_rate"] - summary["raw"]["success_rate"]
-    (out / "quality.json").write_text(json.dumps(summary, indent=2))
+        latent, raw = summary["latent"]["success_rate"], summary["raw"]["success_rate"]
+        # 95 % normal interval of the difference, as if the two evaluations were independent (they share seeds,
+        # so this is conservative)
+        half_width = 1.96 * math.sqrt((latent * (1 - latent) + raw * (1 - raw)) / args.episodes)
+        summary["latent_minus_raw"] = latent - raw
+        summary["latent_minus_raw_ci95"] = [latent - raw - half_width, latent - raw + half_width]
+    (out / args.report).write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 
 
