@@ -41,7 +41,7 @@ def trainer(tmp_path, **kwargs) -> L.Trainer:
 def fixed_noise_loss(module: PretrainModule, batch: dict) -> float:
     torch.manual_seed(123)
     with torch.no_grad():
-        return float(module._loss(batch)[0])
+        return float(module.policy.forward(module.preprocessor(batch))[0])
 
 
 @pytest.mark.parametrize("head", ["diffusion", "flow"])

@@ -32,9 +32,12 @@ class PolicyDataModule(L.LightningDataModule):
         if horizon < n_obs_steps:
             raise ValueError(f"data.init_args.horizon ({horizon}) must be >= data.init_args.n_obs_steps "
                              f"({n_obs_steps}): the action chunk starts at the first observed frame.")
-        self.n_obs_steps, self.horizon = n_obs_steps, horizon
-        self.batch_size, self.num_workers = batch_size, num_workers
-        self.val_fraction, self.seed = val_fraction, seed
+        self.n_obs_steps = n_obs_steps
+        self.horizon = horizon
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.seed = seed
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.spec: DatasetSpec | None = None
@@ -144,9 +147,15 @@ class LeRobotDataModule(PolicyDataModule):
                  image_keys: list[str] = (), quality_filter: str | None = None, task: str | None = "lift",
                  video_backend: str | None = "pyav", cache_in_memory: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.repo_id, self.root, self.cache_in_memory = repo_id, root, cache_in_memory
-        self.state_key, self.env_state_key, self.image_keys = state_key, env_state_key, list(image_keys)
-        self.quality_filter, self.task, self.video_backend = quality_filter, task, video_backend
+        self.repo_id = repo_id
+        self.root = root
+        self.cache_in_memory = cache_in_memory
+        self.state_key = state_key
+        self.env_state_key = env_state_key
+        self.image_keys = list(image_keys)
+        self.quality_filter = quality_filter
+        self.task = task
+        self.video_backend = video_backend
         self.meta = None  # LeRobotDatasetMetadata, loaded once at setup and shared by the splits
 
     def _train_val_episodes(self) -> tuple[list[int], list[int]]:

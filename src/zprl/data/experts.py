@@ -96,7 +96,7 @@ class ScriptedExpert:
         self._steps_reached = 0
         self.home_yaw = self.finger_yaw()
 
-    # ---- privileged simulator state -------------------------------------------------------------
+    # -- privileged simulator state ----------------------------------------------------------------
     def eef_pos(self) -> np.ndarray:
         return self.sim.data.site_xpos[self.suite.robots[0].eef_site_id].copy()
 
@@ -118,7 +118,7 @@ class ScriptedExpert:
         """Whether the grasp point is still between the fingers (checked after lifting)."""
         return bool(np.linalg.norm(self.eef_pos() - self.grasp_pos()) < self.holding_radius)
 
-    # ---- task-specific parts --------------------------------------------------------------------
+    # -- task-specific parts -----------------------------------------------------------------------
     def grasp_pos(self) -> np.ndarray:
         raise NotImplementedError
 
@@ -133,7 +133,7 @@ class ScriptedExpert:
     def place_waypoint(self, phase: str) -> Waypoint:
         raise NotImplementedError(f"{type(self).__name__} has no phase {phase!r}")
 
-    # ---- state machine --------------------------------------------------------------------------
+    # -- state machine -----------------------------------------------------------------------------
     def waypoint(self, phase: str) -> Waypoint:
         """The target for ``phase`` given the current simulator state."""
         grasp = self.grasp_pos() + (self.missed_grasp_offset() if self.miss_side else 0.0)

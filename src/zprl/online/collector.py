@@ -36,7 +36,8 @@ class ObservationHistory:
     """The last ``n_obs_steps`` env observations of every env; a new episode repeats its first observation."""
 
     def __init__(self, num_envs: int, n_obs_steps: int):
-        self.num_envs, self.n_obs_steps = num_envs, n_obs_steps
+        self.num_envs = num_envs
+        self.n_obs_steps = n_obs_steps
         self.frames: dict[str, np.ndarray] = {}
 
     def start(self, obs: dict[str, np.ndarray], mask: np.ndarray) -> None:
@@ -74,7 +75,9 @@ class SteeredAgent:
                  generator_noise: str = "fresh"):
         if generator_noise not in GENERATOR_NOISE_RULES:
             raise ValueError(f"generator_noise must be one of {GENERATOR_NOISE_RULES}, got {generator_noise!r}.")
-        self.policy, self.preprocessor, self.postprocessor = policy, preprocessor, postprocessor
+        self.policy = policy
+        self.preprocessor = preprocessor
+        self.postprocessor = postprocessor
         self.steering = steering
         self.num_envs = num_envs
         self.generator_noise = generator_noise
@@ -146,7 +149,8 @@ class SteeredRolloutPolicy:
     """A ``RolloutPolicy`` (zprl.evaluation) running the frozen policy + steering with the actor's mean action."""
 
     def __init__(self, agent: SteeredAgent, actor: Actor | None):
-        self.agent, self.actor = agent, actor
+        self.agent = agent
+        self.actor = actor
         self._new_round = True
 
     def reset(self) -> None:

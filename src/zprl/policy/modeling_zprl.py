@@ -116,7 +116,7 @@ class ZPRLModel(DiffusionModel):
             else None
         )
 
-    # ========= bottleneck =========
+    # -- bottleneck --------------------------------------------------------------------------------
     def encode_latent(self, batch: dict[str, Tensor]) -> LatentEncoding:
         """Observation embedding e and posterior parameters; `batch` as in `generate_actions`."""
         e = super()._prepare_global_conditioning(batch)
@@ -136,7 +136,7 @@ class ZPRLModel(DiffusionModel):
             return latent.e
         return self.vib.decode(latent.mu)
 
-    # ========= inference =========
+    # -- inference ---------------------------------------------------------------------------------
     def sample_noise(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
         """Initial noise of the generator, (B, horizon, action_dim)."""
         return torch.randn(
@@ -177,7 +177,7 @@ class ZPRLModel(DiffusionModel):
         """Flow time t in [0, 1] on the UNet's sinusoidal timestep scale [0, num_train_timesteps]."""
         return t * self.config.num_train_timesteps
 
-    # ========= training =========
+    # -- training ----------------------------------------------------------------------------------
     def compute_loss(self, batch: dict[str, Tensor]) -> VIBLossTerms:
         """The loss terms of `vib_training` for one batch (see :class:`VIBLossTerms`).
 
@@ -332,7 +332,7 @@ class ZPRLPolicy(DiffusionPolicy):
             return list(self.diffusion.vib.parameters())
         return list(self.parameters())
 
-    # ========= online RL interface (docs/INTERFACES.md) =========
+    # -- online RL interface (docs/INTERFACES.md) --------------------------------------------------
     def encode_latent(self, batch: dict[str, Tensor]) -> LatentEncoding:
         """Observation history (B, n_obs_steps, ...) -> LatentEncoding(e, mu, sigma)."""
         return self.diffusion.encode_latent(self._stack_cameras(batch))
