@@ -197,6 +197,9 @@ class RolloutModule(pl.LightningModule):
     def train_dataloader(self):
         return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(2, 1)), batch_size=2)
 
+    def env_kwargs(self):
+        return {}
+
     def rollout_policy(self, num_envs):
         self.policy_modes.append((self.training, torch.is_grad_enabled()))
         self.rollout_weights.append(self.layer.weight.detach().clone())

@@ -41,6 +41,9 @@ class RolloutSource(Protocol):
     def rollout_policy(self, num_envs: int) -> RolloutPolicy:
         """The current policy acting in ``num_envs`` lockstep envs (deterministic where the method allows)."""
 
+    def env_kwargs(self) -> dict:
+        """``make_vector_env`` settings the policy needs (``policy_io.env_kwargs_for``: cameras, image size)."""
+
 
 def smoothness_metrics(actions: np.ndarray) -> dict[str, float]:
     """Smoothness of one episode's actions (T, A).

@@ -31,8 +31,9 @@ class RolloutEvalCallback(pl.Callback):
     ``eval/success_rate``,
     ``eval/mean_return``, ``eval/mean_length``, ``eval/jerk``, ... through ``pl_module.log_dict`` (so any
     Lightning logger, MLflow included, records them). The vector env is built once, on first use, and
-    closed at teardown; ``camera_names``, ``camera_size`` and ``max_episode_steps`` go to ``make_vector_env``
-    (a vision policy needs its cameras). With ``video=True`` the first episode of each round is written under
+    closed at teardown. The env gets the cameras the module's policy reads (``RolloutSource.env_kwargs``);
+    ``camera_names``, ``camera_size`` and ``max_episode_steps``, when given, override the module's settings.
+    With ``video=True`` the first episode of each round is written under
     ``<default_root_dir>/eval_videos/epoch_<n>/`` and uploaded as an artifact to MLflow loggers.
 
     Rollouts take minutes on a CPU, so each evaluation announces itself and, with ``progress=True``, shows its
@@ -41,8 +42,8 @@ class RolloutEvalCallback(pl.Callback):
     """
 
     def __init__(self, task: str | None = None, every_n_epochs: int = 10, num_episodes: int = 10, num_envs: int = 1,
-                 seed: int = 0, video: bool = False, camera_names: tuple[str, ...] | list[str] = (),
-                 camera_size: int = 84, max_episode_steps: int | None = None, progress: bool = True):
+                 seed: int = 0, video: bool = False, camera_names: tuple[str, ...] | list[str] | None = None,
+                 camera_size: int | None = None, max_episode_steps: int | None = None, progress: bool = True):
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}.")
         self.task = task
@@ -51,9 +52,11 @@ class RolloutEvalCallback(pl.Callback):
         self.num_envs = num_envs
         self.seed = seed
         self.video = video
-        self.camera_names = tuple(camera_names)
-        self.camera_size = camera_size
-        self.max_episode_steps = max_episode_steps
+        # Explicit env settings; None: the module's (RolloutSource.env_kwargs)
+        self.env_overrides = {key: value for key, value in (("camera_names", camera_names),
+                                                             ("camera_size", camera_size),
+                                                             ("max_episode_steps", max_episode_steps))
+                              if value is not None}
         self.progress = progress
         self.envs = None
 
@@ -78,12 +81,11 @@ class RolloutEvalCallback(pl.Callback):
     def evaluate(self, pl_module: pl.LightningModule, video_dir: str | None = None) -> EvalResult:
         """Roll out the module's policy now (eval mode, no gradients), restoring its training mode after."""
         if not isinstance(pl_module, RolloutSource):
-            raise TypeError(f"{type(pl_module).__name__} has no rollout_policy(num_envs) method; RolloutEvalCallback "
-                            "needs a zprl.evaluation.RolloutSource, whose method returns a RolloutPolicy.")
+            raise TypeError(f"{type(pl_module).__name__} lacks rollout_policy(num_envs) or env_kwargs(); "
+                            "RolloutEvalCallback needs a zprl.evaluation.RolloutSource.")
         if self.envs is None:
-            self.envs = make_vector_env(num_envs=self.num_envs, max_episode_steps=self.max_episode_steps,
-                                        render_mode="rgb_array" if self.video else None,
-                                        **self._env_source(pl_module))
+            self.envs = make_vector_env(num_envs=self.num_envs, render_mode="rgb_array" if self.video else None,
+                                        **self._task_source(pl_module), **pl_module.env_kwargs() | self.env_overrides)
         was_training = pl_module.training
         pl_module.eval()
         try:
@@ -104,16 +106,15 @@ class RolloutEvalCallback(pl.Callback):
             return rich_eval_progress(bar, self.num_episodes)
         return tqdm_eval_progress(self.num_episodes, description="rollout eval")
 
-    def _env_source(self, pl_module: pl.LightningModule) -> dict:
-        """Task, env metadata and cameras: given explicitly, or read from the DataModule's dataset spec."""
+    def _task_source(self, pl_module: pl.LightningModule) -> dict:
+        """Task and env metadata: given explicitly, or read from the DataModule's dataset spec."""
         if self.task is not None:
-            return {"task": self.task, "camera_names": self.camera_names, "camera_size": self.camera_size}
+            return {"task": self.task}
         spec = getattr(pl_module.trainer.datamodule, "spec", None)
         if spec is None or (spec.task is None and spec.env_meta is None):
             raise ValueError("RolloutEvalCallback(task=None) needs a DataModule whose spec names the task "
                              "(robomimic env_args or LeRobotDataModule(task=...)); or set `task` explicitly.")
-        return {"task": spec.task, "env_meta": spec.env_meta, "camera_names": self.camera_names or spec.camera_names,
-                "camera_size": spec.image_shape[-1] if spec.camera_names else self.camera_size}
+        return {"task": spec.task, "env_meta": spec.env_meta}
 
     def _video_dir(self, trainer: pl.Trainer, epoch: int) -> str | None:
         if not self.video:

@@ -16,6 +16,7 @@ from diffusers.optimization import get_scheduler
 
 from zprl.data.schema import DatasetSpec
 from zprl.policy.configuration_zprl import ZPRLSettings
+from zprl.policy_io import env_kwargs_for
 from zprl.rollout import LeRobotRolloutPolicy
 from zprl.tracking import mlflow_loggers
 
@@ -209,6 +210,10 @@ class PretrainModule(L.LightningModule):
         """
         self.policy.eval()
         return LeRobotRolloutPolicy(self.policy, self.preprocessor, self.postprocessor, self.device)
+
+    def env_kwargs(self) -> dict:
+        """Settings of the evaluation envs: the cameras the policy reads and their size."""
+        return env_kwargs_for(self.policy.config)
 
     def export_policy(self, out_dir: str | Path) -> Path:
         """Write the policy as a LeRobot-format folder (config.json, model.safetensors, processors)."""
