@@ -191,6 +191,20 @@ def test_decoupled_vib_terms_give_no_gradient_to_encoder_and_generator():
     assert torch.count_nonzero(policy.diffusion.unet.final_conv[-1].weight.grad) > 0
 
 
+def test_latent_generator_loss_trains_only_the_generator():
+    """latent_generator_weight > 0: the generator also learns from decode(z); the VIB and the encoder do not."""
+    assert tiny_policy(vib_training="decoupled").diffusion.compute_loss(lowdim_batch()).latent_imitation is None
+    policy = tiny_policy(vib_training="decoupled", latent_generator_weight=0.5).train()
+    terms = policy.diffusion.compute_loss(lowdim_batch())
+    terms.latent_imitation.backward()
+    assert all(p.grad is None for p in policy.diffusion.vib.parameters())
+    assert torch.count_nonzero(policy.diffusion.unet.final_conv[-1].weight.grad) > 0
+    loss, info = policy.forward(lowdim_batch())
+    assert info["latent_imitation_loss"] > 0
+    with pytest.raises(ValueError, match="latent_generator_weight"):
+        tiny_policy(vib_training="joint", latent_generator_weight=0.5)
+
+
 def test_decoupled_imitation_equals_stock_lerobot_loss():
     from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
     from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy

@@ -48,6 +48,10 @@ class ZPRLConfig(DiffusionConfig):
         kl_reduction: "mean" averages the KL over the z dimensions as the authors do (per-dimension weight
             beta / z_dim); "sum" sums it (nats per sample, zprl before 2026-11-28).
         vib_recon_weight: weight of MSE(decode(z), e) (decoupled and posthoc training; authors 0.01).
+        latent_generator_weight: decoupled training only: weight of a second imitation loss of the generator,
+            conditioned on decode(z) with the VIB detached, so the generator also learns to act from the
+            conditioning the latent path gives it, not only from exact embeddings (beyond the authors; 0 keeps
+            their recipe, where the generator sees e only; benchmarks/RESULTS.md on the VIB's cost).
         beta_warmup_steps: the KL weight grows linearly from 0 to `beta` over this many training
             forward passes (0: constant `beta`, the authors').
         flow_num_steps: Euler steps of the flow head at inference (authors: 2 on robomimic).
@@ -87,6 +91,7 @@ class ZPRLConfig(DiffusionConfig):
     beta: float = 2e-4
     kl_reduction: str = "mean"
     vib_recon_weight: float = 0.01
+    latent_generator_weight: float = 0.0
     beta_warmup_steps: int = 0
     flow_num_steps: int = 2
     vision_backbone_timm: str | None = None
@@ -108,6 +113,10 @@ class ZPRLConfig(DiffusionConfig):
             )
         if self.vib_recon_weight < 0:
             raise ValueError(f"`vib_recon_weight` must be >= 0. Got {self.vib_recon_weight}.")
+        if self.latent_generator_weight < 0 or (self.latent_generator_weight > 0 and self.vib_training != "decoupled"):
+            raise ValueError("`latent_generator_weight` must be >= 0, and > 0 only with `vib_training='decoupled'` "
+                             f"(joint trains the generator on decode(z) anyway). Got {self.latent_generator_weight} "
+                             f"with {self.vib_training!r}.")
         for name in ("z_dim", "vib_hidden_dim", "vib_num_layers", "flow_num_steps", "n_obs_steps", "horizon"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1. Got {getattr(self, name)}.")

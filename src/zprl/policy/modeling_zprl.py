@@ -82,6 +82,8 @@ class VIBLossTerms(NamedTuple):
         posthoc); its gradient reaches only the VIB.
     kl: KL(q(z|e) || N(0, I)) with the config's reduction; recon: MSE(decode(z), e).
     latent: the batch's LatentEncoding; z: the sampled latent (None without bottleneck).
+    latent_imitation: the generator's loss conditioned on the detached decode(z) (decoupled mode with
+        `latent_generator_weight` > 0); its gradient reaches only the generator.
     """
 
     imitation: Tensor | None
@@ -90,6 +92,7 @@ class VIBLossTerms(NamedTuple):
     recon: Tensor | None
     latent: LatentEncoding
     z: Tensor | None
+    latent_imitation: Tensor | None = None
 
 
 class ZPRLModel(DiffusionModel):
@@ -216,6 +219,7 @@ class ZPRLModel(DiffusionModel):
         mu, sigma = self.vib(e)
         z = self.vib.sample(mu, sigma)
         cond = self.vib.decode(z)
+        trains_on_latent = mode == "decoupled" and self.config.latent_generator_weight > 0
         return VIBLossTerms(
             imitation=imitation,
             vib_imitation=generator_loss(cond, detached=True),
@@ -223,6 +227,7 @@ class ZPRLModel(DiffusionModel):
             recon=F.mse_loss(cond, e),
             latent=LatentEncoding(latent.e, mu, sigma),
             z=z,
+            latent_imitation=generator_loss(cond.detach()) if trains_on_latent else None,
         )
 
     def _noised_input(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -305,9 +310,10 @@ class ZPRLPolicy(DiffusionPolicy):
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """Training loss of the `vib_training` mode and float diagnostics.
 
-        loss = imitation + vib_imitation + beta_t * KL + vib_recon_weight * recon, each term where the mode
-        has it (:class:`VIBLossTerms`). Info: the terms as `imitation_loss`, `vib_imitation_loss`,
-        `kl_loss`, `recon_loss`, plus `kl_nats` (KL summed over z, per sample), `z_rms`, `mu_rms`,
+        loss = imitation + vib_imitation + beta_t * KL + vib_recon_weight * recon
+        + latent_generator_weight * latent_imitation, each term where the mode has it (:class:`VIBLossTerms`).
+        Info: the terms as `imitation_loss`, `vib_imitation_loss`, `kl_loss`, `recon_loss`,
+        `latent_imitation_loss`, plus `kl_nats` (KL summed over z, per sample), `z_rms`, `mu_rms`,
         `sigma_mean` and `beta`.
         """
         terms = self.diffusion.compute_loss(self._stack_cameras(batch))
@@ -315,7 +321,8 @@ class ZPRLPolicy(DiffusionPolicy):
         if self.training:
             self.num_train_forwards += 1
         weighted = {"imitation_loss": (terms.imitation, 1.0), "vib_imitation_loss": (terms.vib_imitation, 1.0),
-                    "kl_loss": (terms.kl, beta), "recon_loss": (terms.recon, self.config.vib_recon_weight)}
+                    "kl_loss": (terms.kl, beta), "recon_loss": (terms.recon, self.config.vib_recon_weight),
+                    "latent_imitation_loss": (terms.latent_imitation, self.config.latent_generator_weight)}
         present = {name: value for name, (value, _) in weighted.items() if value is not None}
         loss = sum(value * weighted[name][1] for name, value in present.items())
         diagnostics = dict(present, loss=loss)
