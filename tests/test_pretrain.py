@@ -229,7 +229,8 @@ def test_posthoc_refines_the_vib_of_a_zprl_policy(tiny_lift_dataset, tmp_path):
     from safetensors.torch import load_file
 
     data = lift_data(tiny_lift_dataset)
-    trainer(tmp_path, max_steps=3).fit(tiny_module(head="flow", export_dir=str(tmp_path / "source")), datamodule=data)
+    source = tiny_module(head="flow", latent_generator_weight=0.5, export_dir=str(tmp_path / "source"))
+    trainer(tmp_path, max_steps=3).fit(source, datamodule=data)
     refine = tiny_module(head="flow", beta=1e-3, vib_recon_weight=1.0, optimizer_lr=1e-2,
                          base_policy=str(tmp_path / "source"), export_dir=str(tmp_path / "refined"))
     trainer(tmp_path, max_steps=3).fit(refine, datamodule=data)

@@ -70,7 +70,9 @@ def build_posthoc_policy(source: str, spec: DatasetSpec, n_obs_steps: int, horiz
         if not source_config.bottleneck:
             raise ValueError(f"{source} has no bottleneck (`bottleneck: false`): there is no VIB to train.")
         base = ZPRLPolicy.from_pretrained(source)
-        config = dataclasses.replace(base.config, **trained, vib_training="posthoc", device=str(device))
+        # Post hoc only the VIB trains, so the generator's own latent loss (decoupled training) is off.
+        config = dataclasses.replace(base.config, **trained, vib_training="posthoc", latent_generator_weight=0.0,
+                                     device=str(device))
         state_dict = base.state_dict()
     elif isinstance(source_config, DiffusionConfig):
         base = DiffusionPolicy.from_pretrained(source)
