@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -17,6 +18,18 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)  # 2-core CI: OpenMP spinning across busy cores is 10-100x slower
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """Imports a script of ``benchmarks/`` (not a package) as a module: ``load_benchmark("steering_sweep")``."""
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(scope="session")

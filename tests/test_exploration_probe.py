@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -12,15 +9,10 @@ from zprl.envs import make_vector_env
 from zprl.online.steering import make_steering
 from zprl.policy_io import env_kwargs_for, load_policy
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def probe():
-    spec = importlib.util.spec_from_file_location("exploration_probe", ROOT / "benchmarks/exploration_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def probe(load_benchmark):
+    return load_benchmark("exploration_probe")
 
 
 def measure(probe, frozen, steering, zero: bool):

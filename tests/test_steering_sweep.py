@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,15 +10,10 @@ from omegaconf import OmegaConf
 
 from zprl.online.compare import method_name
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def sweep():
-    spec = importlib.util.spec_from_file_location("steering_sweep", ROOT / "benchmarks/steering_sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def sweep(load_benchmark):
+    return load_benchmark("steering_sweep")
 
 
 def test_overlays_set_each_methods_bound_and_a_distinct_name(sweep, tmp_path):
