@@ -168,8 +168,10 @@ def main() -> None:
     finally:
         envs.close()
     table = pd.DataFrame(rows)
-    ratios = table.iloc[2, 2:].drop("fresh noise abs a - a_base") / table.iloc[1, 2:].drop("fresh noise abs a - a_base")
-    authority = table.iloc[1, 2] / table.iloc[1, 3]
+    latent_row, action_row = table.iloc[1], table.iloc[2]
+    compared = table.columns.drop(["residual", "scale", "fresh noise abs a - a_base"])
+    ratios = action_row[compared] / latent_row[compared]
+    authority = latent_row["mean abs a - a_base"] / latent_row["fresh noise abs a - a_base"]
     print(f"\n{args.task}: {args.episodes} episodes per row, {len(demos)} demo chunks of "
           f"{policy.config.n_action_steps} steps, {time.monotonic() - start:.0f} s\n")
     print(table.to_markdown(index=False, floatfmt=".4g"))

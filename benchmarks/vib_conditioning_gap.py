@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from zprl.data.datamodule import RobomimicDataModule
-from zprl.data.schema import OBS_STATE
+from zprl.data.schema import OBS_PREFIX, OBS_STATE
 from zprl.policy_io import load_policy
 
 
@@ -62,7 +62,7 @@ def main() -> None:
         loader = torch.utils.data.DataLoader(data.train_set, batch_size=args.samples, shuffle=True,
                                              generator=torch.Generator().manual_seed(0))
         sample = next(iter(loader))
-        gap = conditioning_gap(policy, preprocessor({k: v for k, v in sample.items() if k.startswith("observation.")}))
+        gap = conditioning_gap(policy, preprocessor({k: v for k, v in sample.items() if k.startswith(OBS_PREFIX)}))
         quality = folder.parent / "quality.json"
         summary = json.loads(quality.read_text()) if quality.exists() else {}
         success = [f"{summary[path]['success_rate']:.2f}" if path in summary else "—" for path in ("latent", "raw")]
