@@ -137,6 +137,31 @@ def test_the_critic_scores_the_perturbed_latent(frozen, obs_batch):
                                residual_critic.critic(ctx.rl_obs, u))
 
 
+def test_latent_steering_on_the_raw_embedding_is_the_no_bottleneck_ablation(frozen, obs_batch):
+    """conditioning="raw": the same steering as on this network pretrained with bottleneck=False."""
+    policy = frozen[0]
+    raw = make_steering("latent", policy, 0.3, conditioning="raw")
+    without_vib = copy.deepcopy(policy)
+    without_vib.diffusion.vib = None
+    without_vib.config.bottleneck = False
+    ablation = LatentSteering(without_vib, 0.3)
+    assert raw.rl_action_dim == ablation.rl_action_dim == policy.config.cond_dim != policy.config.z_dim
+    noise = policy.sample_noise(5, torch.Generator().manual_seed(0))
+    ctx = raw.observe(obs_batch, noise, explore=True, generator=torch.Generator().manual_seed(1))
+    reference = ablation.observe(obs_batch, noise, explore=True, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(ctx.centre, ctx.latent.e) and torch.equal(ctx.rl_obs, reference.rl_obs)
+    u = torch.rand(5, raw.rl_action_dim, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    assert torch.equal(raw.act(ctx, u), ablation.act(reference, u))
+    assert (raw.critic_action(ctx.rl_obs, u) - ctx.latent.e).abs().max() <= 0.3 + 1e-5
+    # u = 0 is the action residual's base: the generator conditioned on e
+    base = ActionSteering(policy, 0.1, conditioning="raw").observe(obs_batch, noise).base_chunk
+    assert torch.equal(raw.act(ctx, torch.zeros_like(u)), base)
+    joint = copy.deepcopy(policy)
+    joint.config.vib_training = "joint"
+    with pytest.raises(ValueError, match="trained jointly"):
+        make_steering("latent", joint, conditioning="raw")
+
+
 def test_action_schedule_and_unknown_steering(frozen):
     policy = frozen[0]
     steering = make_steering("action", policy, 0.1, action_schedule_steps=1000)

@@ -52,7 +52,8 @@ class OnlineRLModule(L.LightningModule):
             (latent 0.2 in raw z units, action 0.1, noise 1.5).
         base_conditioning: what conditions the generator of the unsteered base ("latent": decode(mu); "raw":
             the embedding e). None: "raw" for the action residual on a policy whose generator trained on e
-            (the authors' action residual steers the policy without the VIB), else "latent".
+            (the authors' action residual steers the policy without the VIB), else "latent". Latent steering
+            with "raw" is the no-bottleneck ablation on the same network (residual on e; conf/methods/zprl_raw.yaml).
         latent_centre: latent steering only: "sample" (z_s = mu + sigma * eps while collecting, mu at
             evaluation; the authors') or "mean" (mu always).
         noise_steps: noise steering only: noise steps the actor picks, tiled over the horizon (authors: 1).

@@ -9,7 +9,10 @@ with a perturbation bounded elementwise by ``scale``:
   sampled posterior latent z_s = mu + sigma * eps while collecting (the posterior noise explores, as in the
   authors' code) and mu at evaluation. RL observation [e, c]; the critic scores z' itself. On a policy
   trained with ``bottleneck=False`` (mu = e, sigma = 0, identity decode) the same steering is the
-  no-bottleneck ablation: it perturbs the raw embedding e.
+  no-bottleneck ablation: it perturbs the raw embedding e. With ``conditioning="raw"`` on a VIB policy whose
+  generator trained on e (decoupled or post hoc) it is the same ablation without a second pretraining:
+  the policy is taken without its bottleneck (centre e, no posterior noise) and e + scale * u conditions
+  the generator directly.
 - ``action`` (Policy Decorator / ResiP): a' = a + scale * u on the executable part of the base chunk,
   applied to a chunk with probability min(1, env_steps / schedule_steps) during collection. RL observation
   [e, a]; the critic scores a'.
@@ -123,6 +126,8 @@ class LatentSteering(Steering):
     """ZPRL: RL observation [e, c]; z' = c + scale * u is decoded and fed to the frozen generator.
 
     Args:
+        conditioning: "latent" (ZPRL) or "raw" (the no-bottleneck ablation: z' = e + scale * u conditions the
+            generator, which must have trained on e).
         centre: "sample" (c = z_s = mu + sigma * eps while collecting, mu at evaluation; the authors') or
             "mean" (c = mu always).
     """
@@ -131,9 +136,6 @@ class LatentSteering(Steering):
 
     def __init__(self, policy: ZPRLPolicy, scale: float = 0.2, conditioning: str = "latent", centre: str = "sample"):
         super().__init__(policy, scale, conditioning)
-        if conditioning != "latent":
-            raise ValueError("Latent steering always conditions the generator on decode(z'); base_conditioning "
-                             f"'{conditioning}' applies to the action, noise and base methods only.")
         if centre not in LATENT_CENTRES:
             raise ValueError(f"latent_centre must be one of {LATENT_CENTRES}, got {centre!r}.")
         self.centre = centre
@@ -145,12 +147,14 @@ class LatentSteering(Steering):
     @property
     def rl_action_dim(self) -> int:
         config = self.policy.config
-        return config.z_dim if config.bottleneck else config.cond_dim
+        return config.z_dim if config.bottleneck and self.conditioning == "latent" else config.cond_dim
 
     @torch.no_grad()
     def observe(self, norm_batch: dict[str, Tensor], noise: Tensor, explore: bool = False,
                 generator: torch.Generator | None = None) -> SteeringContext:
         latent = self.policy.encode_latent(norm_batch)
+        if self.conditioning == "raw":  # the policy without its bottleneck, as if trained with bottleneck=False
+            latent = LatentEncoding(latent.e, latent.e, torch.zeros_like(latent.e))
         centre = latent.mu
         if explore and self.centre == "sample":
             eps = torch.randn(latent.mu.shape, generator=generator, device=latent.mu.device, dtype=latent.mu.dtype)
@@ -164,7 +168,9 @@ class LatentSteering(Steering):
 
     @torch.no_grad()
     def act(self, ctx: SteeringContext, u: Tensor) -> Tensor:
-        return self.policy.generate(self.policy.decode_latent(self.steered_latent(ctx, u)), ctx.noise)
+        steered = self.steered_latent(ctx, u)
+        return self.policy.generate(steered if self.conditioning == "raw" else self.policy.decode_latent(steered),
+                                    ctx.noise)
 
     def critic_action(self, rl_obs: Tensor, u: Tensor) -> Tensor:
         return rl_obs[:, -self.rl_action_dim:] + self.scale * u
