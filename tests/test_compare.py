@@ -69,7 +69,7 @@ def test_compare_logs_parent_child_runs_plot_and_table(comparison):
     zprl_child = next(c for c in children if c.data.tags["method"] == "zprl")
     assert any(k.startswith("train/") for k in zprl_child.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
-    assert {"success_vs_env_steps.png", "summary.csv", "summary.md"} <= artifacts
+    assert {"success_vs_env_steps.png", "diagnostics_vs_env_steps.png", "summary.csv", "summary.md"} <= artifacts
     table = (Path(client.download_artifacts(parents[0].info.run_id, "summary.csv"))).read_text()
     assert table.splitlines()[0].startswith("method,seeds,final_success_mean,final_success_std,steps_to_50,steps_to_80")
     assert "zprl,2," in table and "base_policy,2," in table
@@ -87,6 +87,23 @@ def test_compare_logs_parent_child_runs_plot_and_table(comparison):
     for method in ("zprl", "base_policy"):  # the plot's x axis: the nominal steps, read from the runs' config
         ids = [c.info.run_id for c in children if c.data.tags["method"] == method]
         assert method_curve(client, method, ids).env_steps.tolist() == [0, 120, 240]
+
+
+def test_diagnostics_figure_draws_the_learners_logged_curves(comparison):
+    from zprl.online.compare import DIAGNOSTIC_METRICS, diagnostics_figure
+
+    uri, *_ = comparison
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tiny-compare")
+    children = client.search_runs([experiment.experiment_id], filter_string="tags.method != ''")
+    runs = {m: [c.info.run_id for c in children if c.data.tags["method"] == m] for m in ("zprl", "base_policy")}
+    fig = diagnostics_figure(client, runs, "tiny")
+    panels = dict(zip(DIAGNOSTIC_METRICS, fig.axes, strict=False))
+    for key, ax in panels.items():  # the frozen base logs no SAC curves: only the two zprl seeds draw lines
+        assert len(ax.lines) == 2, key
+        logged = client.get_metric_history(runs["zprl"][0], key)
+        assert sorted(ax.lines[0].get_xdata().tolist()) == sorted(float(m.step) for m in logged)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["zprl"]
 
 
 def test_notebook_reproduces_the_comparison(comparison, tmp_path):

@@ -24,7 +24,10 @@ from zprl.tracking import prepare_tracking, tracking_uri
 SUCCESS_METRIC = "eval/success_rate"
 SUMMARY_METRICS = ("eval/success_rate", "eval/mean_return", "eval/jerk", "eval/action_delta")
 EVAL_EVERY_PARAM = "model.init_args.eval_every_env_steps"  # as logged by zprl.tracking.MLflowSaveConfigCallback
-ARTIFACTS = ("success_vs_env_steps.png", "summary.csv", "summary.md")
+ARTIFACTS = ("success_vs_env_steps.png", "diagnostics_vs_env_steps.png", "summary.csv", "summary.md")
+# the learners' logged curves that explain a success curve (README: the SAC paragraph)
+DIAGNOSTIC_METRICS = ("train/entropy", "train/alpha", "train/q_mean", "train/residual_abs", "rollout/step_rms",
+                      "rollout/step_to_z_ratio")
 BASE_METHOD = "base_policy"  # its mean final success sets the sample-efficiency target (base + TARGET_MARGIN)
 TARGET_MARGIN = 0.1
 BOOTSTRAP_RESAMPLES = 10_000
@@ -219,6 +222,29 @@ def plot_success(curves: list[MethodCurve], title: str, path: Path) -> Path:
     return path
 
 
+def diagnostics_figure(client: MlflowClient, runs: dict[str, list[str]], title: str) -> plt.Figure:
+    """:data:`DIAGNOSTIC_METRICS` vs env steps, a panel each, a line per run coloured by method.
+
+    A run that never logged a metric (a frozen base learns nothing; only latent steering logs
+    ``rollout/step_to_z_ratio``) has no line in its panel.
+    """
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7), sharex=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    legend = {}
+    for ax, key in zip(axes.flat, DIAGNOSTIC_METRICS, strict=True):
+        for k, (method, run_ids) in enumerate(runs.items()):
+            for run_id in run_ids:
+                steps, values = metric_history(client, run_id, key)
+                if len(steps):
+                    (legend[method],) = ax.plot(steps, values, color=colours[k % len(colours)], lw=0.8, alpha=0.7)
+        ax.set(title=key, xlabel="environment steps")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=max(len(legend), 1))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
 def run_one(base: list[str], method: str, seed: int, run_id: str, experiment: str, root_dir: Path,
             task: str | None, overrides: list[str], ckpt_path: Path | None = None) -> None:
     """One online run (base configs + method overlay) in a fresh process, logging into MLflow run ``run_id``.
@@ -344,7 +370,8 @@ def run_comparison(configs: list[str], base: str | list[str] = "conf/zprl_online
     task overlay); each method overlay and then ``overrides`` go on top. ``jobs`` runs that many runs
     at once (separate processes; mind the cores and GPU memory they share).
 
-    The parent run gets the success-vs-env-steps plot (seed mean and spread per method) and the
+    The parent run gets the success-vs-env-steps plot (seed mean and spread per method), the learners'
+    diagnostics (:func:`diagnostics_figure`: entropy, temperature, Q, residual size, RMS ratio) and the
     summary table (:func:`summary_table`: final success, success AUC, env steps to base + 0.1, jerk and
     mean |delta a|, with 95 % bootstrap intervals over seeds) as artifacts.
 
@@ -388,6 +415,9 @@ def run_comparison(configs: list[str], base: str | list[str] = "conf/zprl_online
         out_dir.mkdir(parents=True, exist_ok=True)
         plot_success(curves, f"{task or 'task'}: success vs env steps ({len(seeds)} seeds)",
                      out_dir / "success_vs_env_steps.png")
+        diagnostics = diagnostics_figure(client, runs, f"{task or 'task'}: the learners' diagnostics")
+        diagnostics.savefig(out_dir / "diagnostics_vs_env_steps.png", dpi=100)
+        plt.close(diagnostics)
         table.to_csv(out_dir / "summary.csv", index=False)
         markdown = summary_markdown(table)
         (out_dir / "summary.md").write_text(markdown + "\n")
