@@ -112,15 +112,18 @@ def write_final_overlays(best: pd.DataFrame, out_dir: Path, policy: str | None =
     return paths
 
 
-def check_phases(sweep_seed: int, final_seeds: list[int], no_bottleneck_policy: str | None,
+def check_phases(sweep_seed: int, final_seeds: list[int], policy: str | None, no_bottleneck_policy: str | None,
                  overrides: list[str]) -> None:
-    """Reject a final phase that would report on its tuning seed or lose the ablation's own policy."""
+    """Reject two policies, or a final phase that would report on its tuning seed or lose the ablation's policy."""
+    policy_overridden = any("policy_path" in override for override in overrides)
+    if policy is not None and policy_overridden:
+        raise ValueError("The policy is given twice (--policy and a policy_path override after --): keep one.")
     if sweep_seed in final_seeds:
         raise ValueError(f"--final-seeds {final_seeds} includes the tuning seed {sweep_seed}: report on other "
                          "seeds (e.g. --final-seeds 1 2 3 after a sweep on seed 0).")
     if no_bottleneck_policy is not None and not final_seeds:
         raise ValueError("--no-bottleneck-policy is used by the final phase only: add --final-seeds.")
-    if no_bottleneck_policy is not None and any("policy_path" in override for override in overrides):
+    if no_bottleneck_policy is not None and policy_overridden:
         raise ValueError("A policy_path override after -- would replace the ablation's policy too: give the "
                          "base policy with --policy instead.")
 
@@ -154,7 +157,7 @@ def main() -> None:
                              "(default: the raw embedding of the same policy)")
     args = parser.parse_args(argv[:split])
     overrides = argv[split + 1:]
-    check_phases(args.seed, args.final_seeds, args.no_bottleneck_policy, overrides)
+    check_phases(args.seed, args.final_seeds, args.policy, args.no_bottleneck_policy, overrides)
     # the sweep takes the policy as its first override (as a sweep started with it after -- did)
     sweep_overrides = [f"--model.init_args.policy_path={args.policy}"] * bool(args.policy) + overrides
 

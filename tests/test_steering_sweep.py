@@ -69,13 +69,16 @@ def test_final_overlays_hold_each_best_bound_the_bases_and_the_ablations_own_pol
 
 
 def test_phases_reject_reporting_on_the_tuning_seed_and_a_lost_ablation_policy(sweep, tmp_path):
-    sweep.check_phases(0, [1, 2, 3], "pol/raw", ["--model.init_args.num_envs=2"])
+    sweep.check_phases(0, [1, 2, 3], "pol/vib", "pol/raw", ["--model.init_args.num_envs=2"])
+    sweep.check_phases(0, [1, 2, 3], None, None, ["--model.init_args.policy_path=pol/vib"])
     with pytest.raises(ValueError, match="tuning seed 0"):
-        sweep.check_phases(0, [0, 1, 2], None, [])
+        sweep.check_phases(0, [0, 1, 2], None, None, [])
     with pytest.raises(ValueError, match="add --final-seeds"):
-        sweep.check_phases(0, [], "pol/raw", [])
+        sweep.check_phases(0, [], None, "pol/raw", [])
     with pytest.raises(ValueError, match="--policy instead"):
-        sweep.check_phases(0, [1], "pol/raw", ["--model.init_args.policy_path=pol/vib"])
+        sweep.check_phases(0, [1], None, "pol/raw", ["--model.init_args.policy_path=pol/vib"])
+    with pytest.raises(ValueError, match="given twice"):
+        sweep.check_phases(0, [], "pol/vib", None, ["--model.init_args.policy_path=pol/vib"])
     with pytest.raises(ValueError, match="keep zprl"):
         sweep.write_final_overlays(best_table().iloc[1:], tmp_path, no_bottleneck_policy="pol/raw")
     assert not any(tmp_path.iterdir())  # checked before anything is written
