@@ -93,7 +93,7 @@ def write_final_overlays(best: pd.DataFrame, out_dir: Path, policy: str | None =
 
     The policies are written into the overlays (the ablation steers its own), so they go in a folder named by
     a hash of both paths and a file name holds its bound: other policies or another best bound (a grown grid)
-    make another comparison, which ``zprl compare``'s key (overlay paths, not contents) then tells apart.
+    make another comparison (``zprl compare`` keys on overlay paths and refuses edited contents).
     """
     if no_bottleneck_policy is not None and "zprl" not in set(best["base_method"]):
         raise ValueError("The no-bottleneck ablation steers at ZPRL's best lambda: keep zprl in --methods.")

@@ -208,3 +208,22 @@ def test_summary_table_auc_target_and_bootstrap_intervals(tmp_path):
     # a level that a quarter of the resamples never reach: no finite upper end
     low, high = bootstrap_ci(np.array([[0.0, 0.0], [0.0, 1.0]]), lambda s: 1.0 if s.mean(0)[-1] >= 0.5 else np.nan)
     assert low == 1.0 and np.isnan(high)
+
+
+def test_a_resume_refuses_configs_edited_since_the_comparison_started(tmp_path):
+    from zprl.online.compare import CONFIGS_TAG, check_configs_unchanged, configs_digest
+
+    overlay = tmp_path / "zprl.yaml"
+    overlay.write_text("model:\n  init_args:\n    method_name: zprl\n    steering: latent\n")
+    base = ROOT / "conf/zprl_online.yaml"
+    digest = configs_digest([base, overlay])
+    overlay.write_text("# a comment changes nothing\nmodel:\n  init_args: {method_name: zprl, steering: latent}\n")
+    assert configs_digest([base, overlay]) == digest
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    untagged = client.create_run(client.create_experiment("resume-guard")).info.run_id
+    check_configs_unchanged(client, untagged, digest)  # a parent from before the tag: nothing to compare
+    client.set_tag(untagged, CONFIGS_TAG, digest)
+    check_configs_unchanged(client, untagged, digest)
+    overlay.write_text("model:\n  init_args: {method_name: zprl, steering: latent, steering_scale: 0.4}\n")
+    with pytest.raises(ValueError, match="changed since it started.*another --output-dir"):
+        check_configs_unchanged(client, untagged, configs_digest([base, overlay]))

@@ -32,6 +32,7 @@ BASE_METHOD = "base_policy"  # its mean final success sets the sample-efficiency
 TARGET_MARGIN = 0.1
 BOOTSTRAP_RESAMPLES = 10_000
 COMPARE_KEY_TAG = "zprl.compare_key"  # hash of a comparison's arguments: a rerun finds and resumes its parent
+CONFIGS_TAG = "zprl.compare_configs"  # hash of the configs' contents: a resume refuses edited configs
 UNFINISHED = ("RUNNING", "SCHEDULED", "FAILED", "KILLED")
 
 
@@ -287,6 +288,21 @@ def comparison_key(configs: list[str], base: list[str], seeds: list[int], task: 
     return hashlib.sha256(json.dumps(arguments, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def configs_digest(paths: list[str | Path]) -> str:
+    """A hash of the configs' parsed contents, in order (comments and formatting aside)."""
+    contents = [OmegaConf.to_yaml(OmegaConf.load(path)) for path in paths]
+    return hashlib.sha256(json.dumps(contents).encode()).hexdigest()[:16]
+
+
+def check_configs_unchanged(client: MlflowClient, parent_id: str, digest: str) -> None:
+    """A resumed comparison must run the configs its finished runs ran (a parent without the tag passes)."""
+    recorded = client.get_run(parent_id).data.tags.get(CONFIGS_TAG)
+    if recorded is not None and recorded != digest:
+        raise ValueError(f"The configs of comparison {parent_id} changed since it started (contents {recorded}, now "
+                         f"{digest}), so its finished runs ran other settings. Restore the configs to resume it, or "
+                         "start a new comparison with another --output-dir or --experiment.")
+
+
 def find_parent_run(client: MlflowClient, experiment_id: str, key: str) -> str | None:
     """The latest parent run of ``experiment_id`` tagged with comparison ``key`` (None if there is none)."""
     found = client.search_runs([experiment_id], filter_string=f"tags.`{COMPARE_KEY_TAG}` = '{key}'",
@@ -377,7 +393,8 @@ def run_comparison(configs: list[str], base: str | list[str] = "conf/zprl_online
 
     Run again with the same arguments (``jobs`` aside), it resumes: the parent run tagged with the same
     :func:`comparison_key` is reused, finished child runs are skipped and unfinished ones rerun in their own
-    MLflow runs from ``<run folder>/checkpoints/last.ckpt`` when it exists.
+    MLflow runs from ``<run folder>/checkpoints/last.ckpt`` when it exists. The key holds the configs' paths;
+    their contents are checked separately (:func:`check_configs_unchanged`), so an edited config is refused.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}.")
@@ -395,10 +412,12 @@ def run_comparison(configs: list[str], base: str | list[str] = "conf/zprl_online
                          "model.init_args.method_name.")
     key = comparison_key(configs, base, seeds, task, experiment, overrides, output_dir)
     parent_id = find_parent_run(client, experiment_id, key)
+    digest = configs_digest([*base, *configs])
     if parent_id:
+        check_configs_unchanged(client, parent_id, digest)
         print(f"Resuming comparison {parent_id} (same arguments, key {key}): finished runs are skipped.", flush=True)
     with mlflow.start_run(run_id=parent_id, run_name=None if parent_id else f"compare-{task or 'configs'}",
-                          tags={COMPARE_KEY_TAG: key}) as parent:
+                          tags={COMPARE_KEY_TAG: key, CONFIGS_TAG: digest}) as parent:
         if parent_id is None:
             mlflow.log_params({"base": ",".join(map(str, base)), "methods": ",".join(configs),
                                "seeds": ",".join(map(str, seeds)), "task": task or "from config"})
