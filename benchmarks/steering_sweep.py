@@ -17,9 +17,8 @@ without the VIB (needed when the VIB trained jointly). Run the same command agai
 
     uv run python benchmarks/steering_sweep.py --base conf/zprl_online.yaml conf/tasks/reach_online.yaml --task reach \\
         --grid zprl=0.5,1,2 action_residual=0.15,0.3,0.6 noise_steering=1,1.5,2 --jobs 2
-    uv run python benchmarks/steering_sweep.py --task lift --policy outputs/pretrain/lift/policy \\
-        --final-seeds 1 2 3 --no-bottleneck-policy outputs/pretrain/lift_nobottleneck/policy \\
-        -- --model.init_args.total_env_steps=100000
+    uv run python benchmarks/steering_sweep.py --base conf/zprl_online.yaml conf/tasks/can_online.yaml --task can \\
+        --policy outputs/pretrain/can_flow_z16/policy --final-seeds 1 2 3 --jobs 2
 
 Default grids (the issue's, in the authors' units): latent 0.1, 0.2, 0.4; action 0.05, 0.1, 0.2; noise 1, 1.5, 2.
 The runs go round-robin over the methods, each grid in the order given (the defaults start with the authors'
@@ -149,7 +148,8 @@ def main() -> None:
     parser.add_argument("--output-dir", default="outputs/sweep")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once")
     parser.add_argument("--policy", default=None,
-                        help="the pretrained policy every run steers (model.init_args.policy_path of each overlay)")
+                        help="the pretrained policy every run steers (the sweep's first override; written into "
+                             "the final phase's overlays)")
     parser.add_argument("--final-seeds", type=int, nargs="+", default=[],
                         help="then compare each method's best bound and the frozen bases under these seeds")
     parser.add_argument("--no-bottleneck-policy", default=None,
