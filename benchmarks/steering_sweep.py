@@ -94,14 +94,14 @@ def write_final_overlays(best: pd.DataFrame, out_dir: Path, policy: str | None =
     a hash of both paths and a file name holds its bound: other policies or another best bound (a grown grid)
     make another comparison (``zprl compare`` keys on overlay paths and refuses edited contents).
     """
-    if no_bottleneck_policy is not None and "zprl" not in set(best["base_method"]):
+    bounds = dict(zip(best["base_method"], best["bound"], strict=True))
+    if no_bottleneck_policy is not None and "zprl" not in bounds:
         raise ValueError("The no-bottleneck ablation steers at ZPRL's best lambda: keep zprl in --methods.")
     policies = [str(Path(path).resolve()) if path else None for path in (policy, no_bottleneck_policy)]
     out_dir = out_dir / hashlib.sha256(json.dumps(policies).encode()).hexdigest()[:8]
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [write_overlay(CONF_METHODS / f"{name}.yaml", out_dir / f"{name}.yaml", name, policy=policy)
              for name in FROZEN_BASES]
-    bounds = dict(zip(best["base_method"], best["bound"], strict=True))
     for method, bound in bounds.items():
         paths.append(write_overlay(METHODS[method], out_dir / f"{method}_{bound:g}.yaml", method, bound, policy))
     if "zprl" in bounds:
@@ -159,7 +159,7 @@ def main() -> None:
     overrides = argv[split + 1:]
     check_phases(args.seed, args.final_seeds, args.policy, args.no_bottleneck_policy, overrides)
     # the sweep takes the policy as its first override (as a sweep started with it after -- did)
-    sweep_overrides = [f"--model.init_args.policy_path={args.policy}"] * bool(args.policy) + overrides
+    sweep_overrides = ([f"--model.init_args.policy_path={args.policy}"] if args.policy else []) + overrides
 
     grids = {method: GRIDS[method] for method in args.methods} | parse_grid(args.grid)
     overlays = write_overlays(grids, Path(args.output_dir) / "overlays")

@@ -98,7 +98,7 @@ def test_diagnostics_figure_draws_the_learners_logged_curves(comparison):
     children = client.search_runs([experiment.experiment_id], filter_string="tags.method != ''")
     runs = {m: [c.info.run_id for c in children if c.data.tags["method"] == m] for m in ("zprl", "base_policy")}
     fig = diagnostics_figure(client, runs, "tiny")
-    panels = dict(zip(DIAGNOSTIC_METRICS, fig.axes, strict=False))
+    panels = dict(zip(DIAGNOSTIC_METRICS, fig.axes, strict=True))
     for key, ax in panels.items():  # the frozen base logs no SAC curves: only the two zprl seeds draw lines
         assert len(ax.lines) == 2, key
         logged = client.get_metric_history(runs["zprl"][0], key)
