@@ -14,6 +14,8 @@ under seeds other than the tuning seed (nothing reported is tuned on its own see
 ``zprl_raw``, the same steering on the raw embedding of the same policy (its generator trained on e: VIB trained
 decoupled or post hoc), or, given ``--no-bottleneck-policy``, ``zprl_no_bottleneck`` on a policy pretrained
 without the VIB (needed when the VIB trained jointly). Run the same command again and both phases resume.
+``--best zprl=0.4 action_residual=0.1 noise_steering=1`` skips the sweep and takes those bounds, e.g. an earlier
+sweep's recorded result (``benchmarks/RESULTS.md``) when its MLflow store is gone.
 
     uv run python benchmarks/steering_sweep.py --base conf/zprl_online.yaml conf/tasks/reach_online.yaml --task reach \\
         --grid zprl=0.5,1,2 action_residual=0.15,0.3,0.6 noise_steering=1,1.5,2 --jobs 2
@@ -127,6 +129,14 @@ def check_phases(sweep_seed: int, final_seeds: list[int], policy: str | None, no
                          "base policy with --policy instead.")
 
 
+def recorded_best(items: list[str]) -> pd.DataFrame:
+    """``["zprl=0.4", ...]`` -> the rows :func:`best_per_method` gives (one bound per method, no AUC)."""
+    grids = parse_grid(items)
+    if any(len(values) != 1 for values in grids.values()):
+        raise ValueError(f"--best takes one bound per method (METHOD=BOUND), got {items}.")
+    return pd.DataFrame({"base_method": list(grids), "bound": [values[0] for values in grids.values()]})
+
+
 def best_per_method(table: pd.DataFrame) -> pd.DataFrame:
     """Per method, the sweep row with the highest success AUC (then final success)."""
     points = table.assign(base_method=table["method"].str.split(SEPARATOR).str[0],
@@ -155,19 +165,30 @@ def main() -> None:
     parser.add_argument("--no-bottleneck-policy", default=None,
                         help="a policy pretrained without the VIB for the final phase's ablation "
                              "(default: the raw embedding of the same policy)")
+    parser.add_argument("--best", nargs="+", default=[], metavar="METHOD=BOUND",
+                        help="skip the sweep and run the final phase at these bounds (an earlier sweep's result "
+                             "on --seed); needs --final-seeds")
     args = parser.parse_args(argv[:split])
+    if args.best and (args.grid or not args.final_seeds):
+        parser.error("--best replaces the sweep: give it with --final-seeds and without --grid.")
     overrides = argv[split + 1:]
     check_phases(args.seed, args.final_seeds, args.policy, args.no_bottleneck_policy, overrides)
-    # the sweep takes the policy as its first override (as a sweep started with it after -- did)
-    sweep_overrides = ([f"--model.init_args.policy_path={args.policy}"] if args.policy else []) + overrides
 
-    grids = {method: GRIDS[method] for method in args.methods} | parse_grid(args.grid)
-    overlays = write_overlays(grids, Path(args.output_dir) / "overlays")
-    table = run_comparison(overlays, base=args.base, seeds=[args.seed], task=args.task, experiment=args.experiment,
-                           overrides=sweep_overrides, output_dir=args.output_dir, jobs=args.jobs)
-    best = best_per_method(table)
-    print(f"\nBest bound per method (seed {args.seed}, by success AUC):")
-    print(best.to_markdown(index=False, floatfmt=".3g"))
+    if args.best:
+        best = recorded_best(args.best)
+        given = ", ".join(f"{method}={bound:g}" for method, bound in zip(best.base_method, best.bound, strict=True))
+        print(f"\nBest bound per method (given, sweep skipped): {given}")
+    else:
+        grids = {method: GRIDS[method] for method in args.methods} | parse_grid(args.grid)
+        overlays = write_overlays(grids, Path(args.output_dir) / "overlays")
+        # the sweep takes the policy as its first override (as a sweep started with it after -- did)
+        sweep_overrides = ([f"--model.init_args.policy_path={args.policy}"] if args.policy else []) + overrides
+        table = run_comparison(overlays, base=args.base, seeds=[args.seed], task=args.task,
+                               experiment=args.experiment, overrides=sweep_overrides, output_dir=args.output_dir,
+                               jobs=args.jobs)
+        best = best_per_method(table)
+        print(f"\nBest bound per method (seed {args.seed}, by success AUC):")
+        print(best.to_markdown(index=False, floatfmt=".3g"))
     if args.final_seeds:
         final = write_final_overlays(best, Path(args.output_dir) / "final_overlays", args.policy,
                                      args.no_bottleneck_policy)

@@ -21,7 +21,14 @@ from zprl.cli import zprl_main
 from zprl.envs import make_vector_env
 from zprl.evaluation import Evaluator
 from zprl.lightning_cli import ZPRLLightningCLI, ZPRLProgressBar
-from zprl.online.compare import EVAL_EVERY_PARAM, create_child_run, method_curve, run_child, success_figure
+from zprl.online.compare import (
+    EVAL_EVERY_PARAM,
+    create_child_run,
+    method_curve,
+    plan_children,
+    run_child,
+    success_figure,
+)
 from zprl.policy import ZPRLPolicy, make_zprl_pre_post_processors, zprl_config_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +154,16 @@ def test_compare_plot_uses_the_nominal_evaluation_steps(tmp_path):
     [line] = figure.axes[0].get_lines()
     assert line.get_xdata().tolist() == [0, 500, 1000]
     np.testing.assert_allclose(line.get_ydata(), [0.3, 0.5, 0.8])
+
+
+def test_compare_launches_every_methods_seed_before_the_next_seed(tmp_path):
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    experiment = client.create_experiment("order")
+    parent = client.create_run(experiment)
+    runs, launches = plan_children(client, experiment, parent.info.run_id, ["a.yaml", "b.yaml"], ["a", "b"], [1, 2],
+                                   tmp_path, ([], "order", None, []))
+    assert [(name, seed) for name, seed, _ in launches] == [("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+    assert list(runs) == ["a", "b"] and all(len(ids) == 2 for ids in runs.values())
 
 
 def test_compare_child_runs_are_scheduled_until_they_start(tmp_path, capsys, monkeypatch):

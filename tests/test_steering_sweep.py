@@ -110,3 +110,23 @@ def test_main_runs_the_sweep_then_the_final_phase_on_other_seeds(sweep, tmp_path
     # round-robin order: the first three overlays (the authors' bounds) got the highest AUCs
     assert bounds == {"base_policy": None, "base_policy_raw": None, "zprl": 0.2, "action_residual": 0.1,
                       "noise_steering": 1.5, "zprl_no_bottleneck": 0.2}
+
+
+def test_best_skips_the_sweep_and_runs_only_the_final_phase_at_the_given_bounds(sweep, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(sweep, "run_comparison", lambda configs, **kwargs: calls.append((configs, kwargs)))
+    monkeypatch.setattr(sys, "argv", ["steering_sweep.py", "--output-dir", str(tmp_path), "--policy", "pol/vib",
+                                      "--final-seeds", "1", "--best", "zprl=0.4", "action_residual=0.1"])
+    sweep.main()
+    [(configs, kwargs)] = calls
+    assert kwargs["seeds"] == [1] and Path(kwargs["output_dir"]) == tmp_path / "final"
+    bounds = {method_name(c): OmegaConf.load(c).model.init_args.get("steering_scale") for c in configs}
+    assert bounds == {"base_policy": None, "base_policy_raw": None, "zprl": 0.4, "action_residual": 0.1,
+                      "zprl_raw": 0.4}
+    with pytest.raises(ValueError, match="one bound per method"):
+        sweep.recorded_best(["zprl=0.2,0.4"])
+    for extra in (["--final-seeds", "1", "--grid", "zprl=0.1"], []):  # --best replaces the sweep's grid only
+        monkeypatch.setattr(sys, "argv", ["steering_sweep.py", "--best", "zprl=0.4", *extra])
+        with pytest.raises(SystemExit):
+            sweep.main()
+    assert len(calls) == 1

@@ -354,18 +354,21 @@ def plan_children(client: MlflowClient, experiment_id: str, parent_id: str, conf
                   seeds: list[int], out_dir: Path, shared: tuple) -> tuple[dict[str, list[str]], list[tuple]]:
     """Child run ids per method and the launches still to do: a FINISHED child is skipped, an unfinished one
     (RUNNING, SCHEDULED, FAILED, KILLED) reruns in its own MLflow run from its ``last.ckpt`` when it has one,
-    and a missing one is created. ``shared`` is ``(base, experiment, task, overrides)``."""
+    and a missing one is created. ``shared`` is ``(base, experiment, task, overrides)``.
+
+    Launches go seed by seed (every method's first seed, then every method's second), so a comparison stopped
+    early has compared all its methods on the same seeds."""
     base, experiment, task, overrides = shared
     previous = existing_children(client, experiment_id, parent_id)
-    runs: dict[str, list[str]] = {}
+    runs: dict[str, list[str]] = {name: [] for name in names}
     launches = []
-    for config, name in zip(configs, names, strict=True):
-        for seed in seeds:
+    for seed in seeds:
+        for config, name in zip(configs, names, strict=True):
             root_dir = out_dir / f"{name}_seed{seed}"
             run_id, status = previous.get((name, seed), (None, None))
             if run_id is None:
                 run_id = create_child_run(client, experiment_id, parent_id, name, seed, root_dir)
-            runs.setdefault(name, []).append(run_id)
+            runs[name].append(run_id)
             if status == "FINISHED":
                 print(f"  {name} seed {seed}: finished earlier (MLflow run {run_id}), skipped", flush=True)
                 continue
