@@ -77,7 +77,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="lift", choices=sorted(TASKS))
     parser.add_argument("--policy", required=True, help="LeRobot-format policy folder or pretraining .ckpt")
-    parser.add_argument("--steering", default="latent", choices=["latent", "action", "noise", "none"])
+    parser.add_argument("--steering", default="latent", choices=["latent", "action", "noise"],
+                        help="the learner to time (a frozen base, steering none, runs no loop: one evaluation)")
     parser.add_argument("--num-envs", type=int, default=2)
     parser.add_argument("--asynchronous", action="store_true", help="subprocess vector env")
     parser.add_argument("--steps", type=int, default=1000, help="timed env steps (after warm-up)")

@@ -61,11 +61,14 @@ def test_compare_logs_parent_child_runs_plot_and_table(comparison):
     for child in children:
         assert child.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "eval/success_rate")]
+        assert "eval/jerk" in child.data.metrics
+        if child.data.tags["method"] == "base_policy":  # frozen: one evaluation, nothing collected
+            assert steps == [0] and "rollout/total_transitions" not in child.data.metrics
+            continue
         # evaluation against env steps at the start, periodically and at the end; an iteration collects at least
         # 120 steps and overshoots by at most num_envs - 1 (one vector step), depending on episode ends
         assert len(steps) == 3 and steps[0] == 0
         assert 120 <= steps[1] <= 121 and 240 <= steps[2] <= 242
-        assert "eval/jerk" in child.data.metrics
     zprl_child = next(c for c in children if c.data.tags["method"] == "zprl")
     assert any(k.startswith("train/") for k in zprl_child.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
@@ -82,11 +85,16 @@ def test_compare_logs_parent_child_runs_plot_and_table(comparison):
         assert row.jerk_lo <= row.jerk <= row.jerk_hi and row.action_delta > 0
     markdown = Path(client.download_artifacts(parents[0].info.run_id, "summary.md")).read_text()
     assert "success AUC" in markdown and "env steps to target" in markdown
-    from zprl.online.compare import method_curve
+    from zprl.online.compare import method_curve, success_figure
 
-    for method in ("zprl", "base_policy"):  # the plot's x axis: the nominal steps, read from the runs' config
+    curves = {}
+    for method, nominal in (("zprl", [0, 120, 240]), ("base_policy", [0])):  # nominal steps, from the runs' config
         ids = [c.info.run_id for c in children if c.data.tags["method"] == method]
-        assert method_curve(client, method, ids).env_steps.tolist() == [0, 120, 240]
+        curves[method] = method_curve(client, method, ids)
+        assert curves[method].env_steps.tolist() == nominal
+    zprl_line, base_line = success_figure(list(curves.values()), "tiny").axes[0].get_lines()
+    assert base_line.get_xdata().tolist() == [0, 240] and base_line.get_linestyle() == "--"  # flat over the range
+    assert base_line.get_ydata().tolist() == [curves["base_policy"].mean[0]] * 2
 
 
 def test_diagnostics_figure_draws_the_learners_logged_curves(comparison):

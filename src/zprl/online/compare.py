@@ -202,12 +202,18 @@ def summary_markdown(table: pd.DataFrame) -> str:
 
 
 def success_figure(curves: list[MethodCurve], title: str) -> plt.Figure:
-    """Success rate vs (nominal) env steps: seed mean with a ±1 std band per method."""
+    """Success rate vs (nominal) env steps: seed mean with a ±1 std band per method.
+
+    A method evaluated once (a frozen base) is drawn flat, dashed, over the other methods' step range.
+    """
     fig, ax = plt.subplots(figsize=(7, 4.5))  # matplotlib picks a non-interactive backend when headless
+    span = np.array([min(c.env_steps[0] for c in curves), max(c.env_steps[-1] for c in curves)])
     for curve in curves:
-        ax.plot(curve.env_steps, curve.mean, marker="o", label=curve.method)
-        ax.fill_between(curve.env_steps, np.clip(curve.mean - curve.std, 0, 1),
-                        np.clip(curve.mean + curve.std, 0, 1), alpha=0.2)
+        steps, mean, std, style = curve.env_steps, curve.mean, curve.std, {"marker": "o"}
+        if len(steps) == 1:
+            steps, mean, std, style = span, np.repeat(mean, 2), np.repeat(std, 2), {"linestyle": "--"}
+        ax.plot(steps, mean, label=curve.method, **style)
+        ax.fill_between(steps, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), alpha=0.2)
     ax.set(xlabel="environment steps", ylabel="success rate", title=title, ylim=(-0.02, 1.02))
     ax.grid(alpha=0.3)
     ax.legend()

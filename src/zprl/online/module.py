@@ -39,7 +39,9 @@ class OnlineRLModule(L.LightningModule):
     chunk once ``warmup_transitions`` chunks were collected. Metrics are logged against env steps (each logger's step
     axis is the env-step count), with a deterministic evaluation at the start, every
     ``eval_every_env_steps`` and at the end. Training stops after ``total_env_steps``; run it with
-    ``max_steps=-1`` and a ModelCheckpoint (e.g. ``train_time_interval``) for resumable runs.
+    ``max_steps=-1`` and a ModelCheckpoint (e.g. ``train_time_interval``) for resumable runs. A frozen base
+    (steering "none") has nothing to learn: it is evaluated once, at env step 0, and stops, since its
+    evaluation is deterministic (fixed episode seeds and generator noise) and a later one would repeat it.
 
     Args:
         policy_path: LeRobot-format policy folder (or pretraining .ckpt), see ``zprl.policy_io.load_policy``.
@@ -197,23 +199,25 @@ class OnlineRLModule(L.LightningModule):
         if self.env_steps >= hp.total_env_steps:  # resumed a finished run
             self.trainer.should_stop = True
             return
+        if self.sac is None:  # a frozen base: one evaluation stands for every env step
+            self.evaluate()
+            self.trainer.should_stop = True
+            return
         if self.env_steps >= self.next_eval_at:
             self.evaluate()
-        actor = self.sac.actor if self.sac is not None else None
-        transitions, stats = self.collector.collect(hp.env_steps_per_iter, actor,
+        transitions, stats = self.collector.collect(hp.env_steps_per_iter, self.sac.actor,
                                                     warmup=self.transitions < hp.warmup_transitions)
         self.transitions += stats.transitions
         metrics = stats.as_metrics("rollout/")
-        if self.sac is not None:
-            buffer_start = time.perf_counter()
-            if transitions is not None:
-                self.buffer.add(transitions)
-            update_start = time.perf_counter()
-            if self.transitions >= hp.warmup_transitions and len(self.buffer) >= self.sac_config.batch_size:
-                metrics.update(self._update(math.ceil(hp.utd_ratio * stats.transitions)))
-            metrics["time/buffer_s"] = update_start - buffer_start
-            metrics["time/update_s"] = time.perf_counter() - update_start
-            metrics["train/buffer_size"] = float(len(self.buffer))
+        buffer_start = time.perf_counter()
+        if transitions is not None:
+            self.buffer.add(transitions)
+        update_start = time.perf_counter()
+        if self.transitions >= hp.warmup_transitions and len(self.buffer) >= self.sac_config.batch_size:
+            metrics.update(self._update(math.ceil(hp.utd_ratio * stats.transitions)))
+        metrics["time/buffer_s"] = update_start - buffer_start
+        metrics["time/update_s"] = time.perf_counter() - update_start
+        metrics["train/buffer_size"] = float(len(self.buffer))
         metrics.update({"env_steps": float(self.env_steps), "train/updates": float(self.num_updates),
                         "rollout/total_transitions": float(self.transitions),
                         "rollout/total_episodes": float(self.collector.episodes),
