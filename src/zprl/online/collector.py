@@ -261,13 +261,11 @@ class ChunkCollector:
         self.episode_return[:] = 0.0
         self.pending[:] = False
 
-    def _choose_u(self, ctx: SteeringContext, actor: Actor | None, warmup: bool) -> Tensor:
+    def _choose_u(self, ctx: SteeringContext, actor: Actor, warmup: bool) -> Tensor:
         rl_obs = ctx.rl_obs
         shape = (rl_obs.shape[0], self.agent.rl_action_dim)
         gen = self.agent.generator
-        if actor is None:
-            u = rl_obs.new_zeros(shape)
-        elif warmup and self.warmup_action == "zero":
+        if warmup and self.warmup_action == "zero":
             u = self.agent.steering.warmup_u(ctx, gen)
         elif warmup:
             u = torch.rand(shape, generator=gen, device=rl_obs.device) * 2 - 1
@@ -290,7 +288,7 @@ class ChunkCollector:
         self.pending[idx] = False
 
     @torch.no_grad()
-    def collect(self, num_env_steps: int, actor: Actor | None,
+    def collect(self, num_env_steps: int, actor: Actor,
                 warmup: bool = False) -> tuple[Transitions | None, CollectStats]:
         """Step the envs until at least ``num_env_steps`` env steps were taken; returns transitions and stats."""
         start_time = time.perf_counter()
@@ -308,7 +306,7 @@ class ChunkCollector:
         batch = Transitions(*(torch.cat(parts) for parts in zip(*out, strict=True))) if out else None
         return batch, stats
 
-    def _plan_chunks(self, actor: Actor | None, warmup: bool, stats: CollectStats, out: list[Transitions]) -> None:
+    def _plan_chunks(self, actor: Actor, warmup: bool, stats: CollectStats, out: list[Transitions]) -> None:
         """New chunks for the envs whose queue ran out; their previous chunks become transitions."""
         idx = np.flatnonzero(self.agent.needs_chunk() & ~self.resetting)
         if len(idx) == 0:
@@ -318,8 +316,7 @@ class ChunkCollector:
         self._finish(idx[finished], ctx.rl_obs[finished], np.zeros(len(finished)), out)
         u = self._choose_u(ctx, actor, warmup)
         self.agent.act(idx, ctx, u)
-        if actor is not None:
-            stats.add_diagnostics(self.agent.steering.diagnostics(ctx, u))
+        stats.add_diagnostics(self.agent.steering.diagnostics(ctx, u))
         if self.pending_obs is None:
             self.pending_obs = ctx.rl_obs.new_zeros(self.envs.num_envs, ctx.rl_obs.shape[1])
             self.pending_u = u.new_zeros(self.envs.num_envs, u.shape[1])
